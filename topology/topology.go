@@ -1,0 +1,169 @@
+// Package topology holds kvmnet's declarative network description: the spec
+// types a user writes in YAML, the loader that decodes them strictly, the
+// defaults, and the validation that runs before anything touches the kernel.
+//
+// The package is pure: it never opens a socket or a namespace, so everything
+// in it runs and is tested without root.
+package topology
+
+// Role says what job a namespace does in the network.
+type Role string
+
+// The namespace roles of the reference design.
+const (
+	RoleHost     Role = "host"     // the hypervisor: the uplink NIC and its own address
+	RoleBridge   Role = "bridge"   // the L2 switch: Linux bridges and their ports
+	RoleVM       Role = "vm"       // a VM's own network environment (its NIC, firewall, QoS)
+	RoleEndpoint Role = "endpoint" // a plain end host (tests, containers, services)
+	RoleExternal Role = "external" // plays the world outside: the physical switch and its hosts
+)
+
+// Roles lists the valid roles in documentation order.
+var Roles = []Role{RoleHost, RoleBridge, RoleVM, RoleEndpoint, RoleExternal}
+
+// ForwardMode says how the network reaches the outside; the names are libvirt's.
+type ForwardMode string
+
+// The forward modes.
+const (
+	ModeIsolated ForwardMode = "isolated" // no uplink: VMs reach each other and the host only
+	ModeRouted   ForwardMode = "routed"   // the host routes between its segments and the uplink
+	ModeNAT      ForwardMode = "nat"      // routed, and masqueraded behind the uplink's address
+	ModeBridge   ForwardMode = "bridge"   // the uplink is a bridge port: VMs appear on the external segment
+)
+
+// Modes lists the valid forward modes.
+var Modes = []ForwardMode{ModeIsolated, ModeRouted, ModeNAT, ModeBridge}
+
+// Topology is one whole network. Every name in it is scoped by Name and Prefix:
+// the kernel namespace of Namespace "vm1" is Prefix+"vm1", and everything kvmnet
+// creates is marked as owned by the network ID (Prefix+Name).
+type Topology struct {
+	// Name identifies the network; it is part of every ownership mark.
+	Name string `yaml:"name" json:"name"`
+	// Prefix is prepended to every namespace name, so that several networks can
+	// share one host. Empty by default: the reference design's namespaces are
+	// literally host, bridge and vm1.
+	Prefix     string      `yaml:"prefix,omitempty" json:"prefix,omitempty"`
+	Namespaces []Namespace `yaml:"namespaces" json:"namespaces"`
+	Bridges    []Bridge    `yaml:"bridges,omitempty" json:"bridges,omitempty"`
+	Links      []Link      `yaml:"links,omitempty" json:"links,omitempty"`
+	Uplink     *Uplink     `yaml:"uplink,omitempty" json:"uplink,omitempty"`
+
+	// File is the path the topology was loaded from ("" for one built in code).
+	File string `yaml:"-" json:"-"`
+	src  *source
+}
+
+// Namespace is a network namespace and what lives in it besides its links.
+type Namespace struct {
+	Name string `yaml:"name" json:"name"`
+	Role Role   `yaml:"role" json:"role"`
+	// Sysctls are written under /proc/sys inside the namespace, e.g.
+	// "net.ipv4.ip_forward": "1". Only net.* keys are per-namespace.
+	Sysctls map[string]string `yaml:"sysctls,omitempty" json:"sysctls,omitempty"`
+	Routes  []Route           `yaml:"routes,omitempty" json:"routes,omitempty"`
+}
+
+// Bridge is a Linux bridge: the L2 switch of one segment.
+type Bridge struct {
+	Name      string `yaml:"name" json:"name"`
+	Namespace string `yaml:"namespace" json:"namespace"`
+	STP       bool   `yaml:"stp,omitempty" json:"stp,omitempty"`
+	// MTU of the bridge device; 0 means the kernel's choice (the smallest port MTU).
+	MTU int `yaml:"mtu,omitempty" json:"mtu,omitempty"`
+	// AgeingTime is how long, in seconds, a learned MAC stays in the FDB (default 300).
+	AgeingTime *int   `yaml:"ageing_time,omitempty" json:"ageing_time,omitempty"`
+	MAC        string `yaml:"mac,omitempty" json:"mac,omitempty"`
+	// Addresses gives the bridge device an L3 presence in its namespace. The
+	// reference design keeps the bridge namespace pure L2 and puts the gateway in
+	// the host namespace instead; see docs/topology.md.
+	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
+}
+
+// Link is a veth pair: a cable between two namespaces. Either end may be a
+// port of a bridge in its own namespace.
+type Link struct {
+	Endpoints []Endpoint `yaml:"endpoints" json:"endpoints"`
+	// MTU of both ends (default 1500); 9000 for jumbo frames.
+	MTU int `yaml:"mtu,omitempty" json:"mtu,omitempty"`
+}
+
+// Endpoint is one end of a link: an interface in a namespace.
+type Endpoint struct {
+	Namespace string `yaml:"namespace" json:"namespace"`
+	// Name of the interface inside the namespace: at most 15 bytes.
+	Name string `yaml:"name" json:"name"`
+	// MAC is explicit, or derived from the network, namespace and name when empty.
+	MAC       string   `yaml:"mac,omitempty" json:"mac,omitempty"`
+	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
+	// Bridge, when set, enslaves this end to that bridge (in the same namespace).
+	Bridge string `yaml:"bridge,omitempty" json:"bridge,omitempty"`
+}
+
+// Route is a static route inside a namespace.
+type Route struct {
+	// To is a CIDR prefix, or "default".
+	To     string `yaml:"to" json:"to"`
+	Via    string `yaml:"via,omitempty" json:"via,omitempty"`
+	Dev    string `yaml:"dev,omitempty" json:"dev,omitempty"`
+	Metric int    `yaml:"metric,omitempty" json:"metric,omitempty"`
+}
+
+// Uplink is how the network reaches the outside world: the "physical NIC" of
+// the reference design, in the host namespace.
+type Uplink struct {
+	Mode ForwardMode `yaml:"mode" json:"mode"`
+	// Namespace holding the uplink NIC (default: the namespace with role host).
+	Namespace string `yaml:"namespace,omitempty" json:"namespace,omitempty"`
+	// Name of the uplink NIC inside Namespace (default "uplink0").
+	Name      string   `yaml:"name,omitempty" json:"name,omitempty"`
+	MAC       string   `yaml:"mac,omitempty" json:"mac,omitempty"`
+	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
+	// Bridge (mode bridge): the bridge in Namespace that the uplink joins.
+	Bridge string `yaml:"bridge,omitempty" json:"bridge,omitempty"`
+	// Device names a real NIC of the root namespace (e.g. eth0) to move into
+	// Namespace. It is only done with the explicit opt-in (`up --move-host-nic`)
+	// and `down` moves it back. Exclusive with Peer.
+	Device string `yaml:"device,omitempty" json:"device,omitempty"`
+	// Peer makes the uplink a veth to another namespace of this topology
+	// (usually one with role external, playing the physical switch).
+	Peer *Endpoint `yaml:"peer,omitempty" json:"peer,omitempty"`
+}
+
+// ID is the network's identity in ownership marks: Prefix+Name.
+func (t *Topology) ID() string { return t.Prefix + t.Name }
+
+// NSName is the kernel name of the topology's namespace ns.
+func (t *Topology) NSName(ns string) string { return t.Prefix + ns }
+
+// Namespace returns the namespace called name, or nil.
+func (t *Topology) Namespace(name string) *Namespace {
+	for i := range t.Namespaces {
+		if t.Namespaces[i].Name == name {
+			return &t.Namespaces[i]
+		}
+	}
+	return nil
+}
+
+// Bridge returns the bridge called name in namespace ns, or nil.
+func (t *Topology) Bridge(ns, name string) *Bridge {
+	for i := range t.Bridges {
+		if t.Bridges[i].Namespace == ns && t.Bridges[i].Name == name {
+			return &t.Bridges[i]
+		}
+	}
+	return nil
+}
+
+// NamespacesWithRole returns the names of the namespaces that have role r.
+func (t *Topology) NamespacesWithRole(r Role) []string {
+	var out []string
+	for _, ns := range t.Namespaces {
+		if ns.Role == r {
+			out = append(out, ns.Name)
+		}
+	}
+	return out
+}

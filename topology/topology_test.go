@@ -1,0 +1,54 @@
+package topology
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	topo, err := Default()
+	if err != nil {
+		t.Fatalf("default topology: %v", err)
+	}
+	if got := topo.NamespacesWithRole(RoleVM); len(got) != 1 || got[0] != "vm1" {
+		t.Errorf("vm namespaces = %v, want [vm1]", got)
+	}
+	if topo.Links[1].Endpoints[0].MAC != "00:11:22:33:44:55" {
+		t.Errorf("vm1 MAC = %q", topo.Links[1].Endpoints[0].MAC)
+	}
+	// Derived MACs are filled in for the bridge-side ports and are unicast, local.
+	port := topo.Links[1].Endpoints[1].MAC
+	if port == "" || !strings.HasPrefix(port, "") {
+		t.Fatalf("bridge port has no derived MAC")
+	}
+}
+
+func TestPositionedError(t *testing.T) {
+	src := `name: t
+namespaces:
+  - name: a
+    role: vm
+  - name: b
+    role: bridge
+bridges:
+  - name: br0
+    namespace: b
+links:
+  - endpoints:
+      - namespace: a
+        name: eth0
+        mac: "01:00:5e:00:00:01"
+      - namespace: b
+        name: p0
+        bridge: br0
+`
+	_, err := Parse("x.yaml", []byte(src))
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	if e.Line != 14 || e.Column != 14 || e.Field != "links[0].endpoints[0].mac" {
+		t.Fatalf("got %s (line %d col %d field %q)", err, e.Line, e.Column, e.Field)
+	}
+}
