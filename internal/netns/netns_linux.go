@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -270,4 +271,33 @@ func WriteSysctls(ns *NS, kv [][2]string) error {
 
 func sysctlPath(key string) string {
 	return "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+}
+
+// OpenPath opens the namespace at path (e.g. /proc/self/ns/net) under a
+// display name.
+func OpenPath(name, path string) (*NS, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %q: %w", name, err)
+	}
+	return &NS{Name: name, f: f}, nil
+}
+
+// Exec replaces the process with argv[0] (looked up in PATH) running inside
+// the named namespace. It only returns on error.
+func Exec(name, file string, argv []string) error {
+	ns, err := Open(name)
+	if err != nil {
+		return err
+	}
+	path, err := exec.LookPath(file)
+	if err != nil {
+		return err
+	}
+	runtime.LockOSThread() // exec happens from this thread, in ns
+	if err := unix.Setns(ns.Fd(), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter namespace %q: %w", name, err)
+	}
+	return unix.Exec(path, argv, os.Environ())
 }

@@ -1,0 +1,503 @@
+// Package link talks rtnetlink to one namespace at a time through a
+// descriptor-bound connection: it creates bridges and veth pairs (both ends
+// born in their namespaces), sets link attributes, addresses and routes, and
+// reads a namespace back into the model. It never switches the calling
+// thread's namespace itself.
+package link
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/kvmnet/kvmnet/internal/model"
+	"github.com/kvmnet/kvmnet/internal/netns"
+)
+
+// RouteProtocol marks the routes kvmnet installs (`ip route` shows "proto 211").
+const RouteProtocol = 211
+
+// Sentinel errors; kernel errnos are translated to these at this boundary.
+var (
+	ErrExists      = errors.New("already exists")
+	ErrNotFound    = errors.New("not found")
+	ErrUnsupported = errors.New("not supported by this kernel")
+)
+
+// UnsupportedError names the kernel feature a failed operation needs.
+type UnsupportedError struct {
+	Feature string // e.g. "802.1Q VLAN support (CONFIG_VLAN_8021Q)"
+	Err     error
+}
+
+func (e *UnsupportedError) Error() string { return "kernel lacks " + e.Feature }
+func (e *UnsupportedError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrUnsupported) true.
+func (e *UnsupportedError) Is(target error) bool { return target == ErrUnsupported }
+
+func translate(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("%w: %w", ErrExists, err)
+	case errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	return err
+}
+
+// Conn is an rtnetlink connection bound to one namespace.
+type Conn struct {
+	NS  *netns.NS
+	h   *netlink.Handle
+	raw map[int]*nl.SocketHandle
+	// index caches ifindex by name for links this Conn created or looked up.
+	index map[string]int
+	// Writes counts the requests sent that change kernel state.
+	Writes int
+}
+
+// Dial opens a connection to ns. Close it when done.
+func Dial(ns *netns.NS) (*Conn, error) {
+	h, err := netlink.NewHandleAt(vnetns.NsHandle(ns.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in namespace %q: %w", ns.Name, err)
+	}
+	sock, err := nl.GetNetlinkSocketAt(vnetns.NsHandle(ns.Fd()), vnetns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("netlink in namespace %q: %w", ns.Name, err)
+	}
+	return &Conn{NS: ns, h: h, raw: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: sock}}, index: map[string]int{}}, nil
+}
+
+// Close closes the sockets (not the namespace).
+func (c *Conn) Close() {
+	c.h.Close()
+	for _, s := range c.raw {
+		s.Close()
+	}
+}
+
+func (c *Conn) request(typ, flags int) *nl.NetlinkRequest {
+	return &nl.NetlinkRequest{
+		NlMsghdr: unix.NlMsghdr{Len: uint32(unix.SizeofNlMsghdr), Type: uint16(typ), Flags: unix.NLM_F_REQUEST | uint16(flags)},
+		Sockets:  c.raw,
+	}
+}
+
+func (c *Conn) exec(req *nl.NetlinkRequest) error {
+	c.Writes++
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// Index returns the ifindex of name.
+func (c *Conn) Index(name string) (int, error) {
+	if i, ok := c.index[name]; ok {
+		return i, nil
+	}
+	l, err := c.h.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("link %q in namespace %q: %w", name, c.NS.Name, translate(err))
+	}
+	c.index[name] = l.Attrs().Index
+	return l.Attrs().Index, nil
+}
+
+func ifname(name string) *nl.RtAttr { return nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)) }
+
+func u32(typ int, v uint32) *nl.RtAttr { return nl.NewRtAttr(typ, nl.Uint32Attr(v)) }
+
+func hwaddr(mac string) (*nl.RtAttr, error) {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return nil, err
+	}
+	return nl.NewRtAttr(unix.IFLA_ADDRESS, hw), nil
+}
+
+// linkAttrs adds the attributes shared by created links: MTU, MAC, one queue.
+func linkAttrs(parent interface{ AddChild(nl.NetlinkRequestData) }, l *model.Link) error {
+	if l.MTU > 0 {
+		parent.AddChild(u32(unix.IFLA_MTU, uint32(l.MTU)))
+	}
+	if l.MAC != "" {
+		a, err := hwaddr(l.MAC)
+		if err != nil {
+			return err
+		}
+		parent.AddChild(a)
+	}
+	return nil
+}
+
+// reqParent adapts a request to the AddChild shape of RtAttr.
+type reqParent struct{ r *nl.NetlinkRequest }
+
+func (p reqParent) AddChild(d nl.NetlinkRequestData) { p.r.AddData(d) }
+
+func upMsg(up bool) *nl.IfInfomsg {
+	m := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	if up {
+		m.Change, m.Flags = unix.IFF_UP, unix.IFF_UP
+	}
+	return m
+}
+
+// CreateBridge creates bridge l with its MAC, MTU, STP and ageing time, marks
+// it and brings it up, in one request.
+func (c *Conn) CreateBridge(l *model.Link, mark string) error {
+	req := c.request(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	req.AddData(upMsg(l.Up))
+	req.AddData(ifname(l.Name))
+	if err := linkAttrs(reqParent{req}, l); err != nil {
+		return err
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("bridge"))
+	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+	if l.Bridge != nil {
+		data.AddRtAttr(nl.IFLA_BR_STP_STATE, nl.Uint32Attr(b2u(l.Bridge.STP)))
+		data.AddRtAttr(nl.IFLA_BR_AGEING_TIME, nl.Uint32Attr(uint32(l.Bridge.AgeingTime*100)))
+	}
+	req.AddData(info)
+	if err := c.exec(req); err != nil {
+		return c.createErr("bridge", l.Name, err)
+	}
+	return c.SetAlias(l.Name, mark)
+}
+
+func b2u(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *Conn) createErr(kind, name string, err error) error {
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return &UnsupportedError{Feature: kindFeature(kind), Err: err}
+	}
+	return fmt.Errorf("create %s %q in namespace %q: %w", kind, name, c.NS.Name, translate(err))
+}
+
+func kindFeature(kind string) string {
+	switch kind {
+	case "vlan":
+		return "802.1Q VLAN support (CONFIG_VLAN_8021Q)"
+	case "bridge":
+		return "bridge support (CONFIG_BRIDGE)"
+	case "veth":
+		return "veth support (CONFIG_VETH)"
+	}
+	return fmt.Sprintf("%s link support", kind)
+}
+
+// CreateVeth creates the veth pair l <-> peer: l in this namespace, peer
+// directly in peerNS (no move afterwards: moving a link costs an RCU barrier),
+// each with its MAC, MTU, one TX/RX queue (the default two cost extra grace
+// periods) and up. l's master is set in the same request. Both ends are
+// marked.
+func (c *Conn) CreateVeth(l, peer *model.Link, pc *Conn, mark, peerMark string) error {
+	req := c.request(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	req.AddData(upMsg(l.Up))
+	req.AddData(ifname(l.Name))
+	if err := linkAttrs(reqParent{req}, l); err != nil {
+		return err
+	}
+	req.AddData(u32(unix.IFLA_NUM_TX_QUEUES, 1))
+	req.AddData(u32(unix.IFLA_NUM_RX_QUEUES, 1))
+	if l.Master != "" {
+		mi, err := c.Index(l.Master)
+		if err != nil {
+			return err
+		}
+		req.AddData(u32(unix.IFLA_MASTER, uint32(mi)))
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
+	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+	p := data.AddRtAttr(nl.VETH_INFO_PEER, nil)
+	pm := upMsg(false)
+	p.AddChild(pm)
+	p.AddRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(peer.Name))
+	if err := linkAttrs(p, peer); err != nil {
+		return err
+	}
+	p.AddRtAttr(unix.IFLA_NUM_TX_QUEUES, nl.Uint32Attr(1))
+	p.AddRtAttr(unix.IFLA_NUM_RX_QUEUES, nl.Uint32Attr(1))
+	p.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(pc.NS.Fd())))
+	req.AddData(info)
+	if err := c.exec(req); err != nil {
+		return c.createErr("veth", l.Name, err)
+	}
+	// The kernel ignores IFLA_IFALIAS in a create request: mark afterwards.
+	if err := c.SetAlias(l.Name, mark); err != nil {
+		return err
+	}
+	return pc.markUp(peer.Name, peerMark, peer.Up)
+}
+
+// markUp sets the mark and the administrative state of name in one request.
+// (A veth peer cannot be brought up in the request that creates it: the
+// kernel answers ENOTCONN, so this follows the creation.)
+func (c *Conn) markUp(name, mark string, up bool) error {
+	m := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	m.Change = unix.IFF_UP
+	if up {
+		m.Flags = unix.IFF_UP
+	}
+	if err := c.setlink(name, m, nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(mark))); err != nil {
+		return fmt.Errorf("mark %q in namespace %q: %w", name, c.NS.Name, err)
+	}
+	return nil
+}
+
+// SetAlias sets the ifalias of name (the ownership mark).
+func (c *Conn) SetAlias(name, alias string) error {
+	req := c.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(ifname(name))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(alias)))
+	if err := c.exec(req); err != nil {
+		return fmt.Errorf("mark %q in namespace %q: %w", name, c.NS.Name, translate(err))
+	}
+	return nil
+}
+
+// setlink sends one RTM_SETLINK for name with extra attributes.
+func (c *Conn) setlink(name string, msg *nl.IfInfomsg, attrs ...nl.NetlinkRequestData) error {
+	req := c.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	if msg == nil {
+		msg = nl.NewIfInfomsg(unix.AF_UNSPEC)
+	}
+	req.AddData(msg)
+	req.AddData(ifname(name))
+	for _, a := range attrs {
+		req.AddData(a)
+	}
+	return translate(c.exec(req))
+}
+
+// SetUp sets the administrative state of name.
+func (c *Conn) SetUp(name string, up bool) error {
+	m := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	m.Change = unix.IFF_UP
+	if up {
+		m.Flags = unix.IFF_UP
+	}
+	if err := c.setlink(name, m); err != nil {
+		return fmt.Errorf("set %q %s in namespace %q: %w", name, map[bool]string{true: "up", false: "down"}[up], c.NS.Name, err)
+	}
+	return nil
+}
+
+// SetMTU sets the MTU of name.
+func (c *Conn) SetMTU(name string, mtu int) error {
+	if err := c.setlink(name, nil, u32(unix.IFLA_MTU, uint32(mtu))); err != nil {
+		return fmt.Errorf("set MTU %d on %q in namespace %q: %w", mtu, name, c.NS.Name, err)
+	}
+	return nil
+}
+
+// SetMAC sets the MAC of name; a device that refuses a live change is taken
+// down for it and brought back up.
+func (c *Conn) SetMAC(name, mac string) error {
+	a, err := hwaddr(mac)
+	if err != nil {
+		return err
+	}
+	err = c.setlink(name, nil, a)
+	if errors.Is(err, unix.EBUSY) {
+		if err = c.SetUp(name, false); err == nil {
+			err = c.setlink(name, nil, a)
+			err = errors.Join(err, c.SetUp(name, true))
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("set MAC %s on %q in namespace %q: %w", mac, name, c.NS.Name, err)
+	}
+	return nil
+}
+
+// SetMaster enslaves name to bridge master, or releases it when master is "".
+func (c *Conn) SetMaster(name, master string) error {
+	idx := 0
+	if master != "" {
+		var err error
+		if idx, err = c.Index(master); err != nil {
+			return err
+		}
+	}
+	if err := c.setlink(name, nil, u32(unix.IFLA_MASTER, uint32(idx))); err != nil {
+		return fmt.Errorf("set master of %q to %q in namespace %q: %w", name, master, c.NS.Name, err)
+	}
+	return nil
+}
+
+// SetBridgeOpts sets STP and/or the ageing time (seconds) of bridge name.
+func (c *Conn) SetBridgeOpts(name string, stp *bool, ageing *int) error {
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("bridge"))
+	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+	if stp != nil {
+		data.AddRtAttr(nl.IFLA_BR_STP_STATE, nl.Uint32Attr(b2u(*stp)))
+	}
+	if ageing != nil {
+		data.AddRtAttr(nl.IFLA_BR_AGEING_TIME, nl.Uint32Attr(uint32(*ageing*100)))
+	}
+	req := c.request(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(ifname(name))
+	req.AddData(info)
+	if err := translate(c.exec(req)); err != nil {
+		return fmt.Errorf("set bridge options of %q in namespace %q: %w", name, c.NS.Name, err)
+	}
+	return nil
+}
+
+// DeleteLink deletes name; a link that is already gone is not an error.
+func (c *Conn) DeleteLink(name string) error {
+	req := c.request(unix.RTM_DELLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(ifname(name))
+	err := translate(c.exec(req))
+	delete(c.index, name)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("delete %q in namespace %q: %w", name, c.NS.Name, err)
+	}
+	return nil
+}
+
+// AddAddr adds prefix to name.
+func (c *Conn) AddAddr(name string, p netip.Prefix) error {
+	idx, err := c.Index(name)
+	if err != nil {
+		return err
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD // declared addresses are unique by validation
+	}
+	c.Writes++
+	if err := c.h.AddrAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: idx, Name: name}}, a); err != nil {
+		return fmt.Errorf("add address %s to %q in namespace %q: %w", p, name, c.NS.Name, translate(err))
+	}
+	return nil
+}
+
+// DelAddr removes prefix from name; an address already gone is not an error.
+func (c *Conn) DelAddr(name string, p netip.Prefix) error {
+	idx, err := c.Index(name)
+	if err != nil {
+		return err
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	c.Writes++
+	err = c.h.AddrDel(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: idx, Name: name}}, a)
+	if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("delete address %s from %q in namespace %q: %w", p, name, c.NS.Name, translate(err))
+	}
+	return nil
+}
+
+func (c *Conn) nlRoute(r *model.Route) (*netlink.Route, error) {
+	nr := &netlink.Route{
+		Dst:      &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
+		Protocol: RouteProtocol,
+		Priority: r.Metric,
+		Table:    unix.RT_TABLE_MAIN,
+	}
+	if r.Via.IsValid() {
+		nr.Gw = r.Via.AsSlice()
+	}
+	if r.Dev != "" {
+		idx, err := c.Index(r.Dev)
+		if err != nil {
+			return nil, err
+		}
+		nr.LinkIndex = idx
+	}
+	if !r.Via.IsValid() {
+		nr.Scope = netlink.SCOPE_LINK
+	}
+	return nr, nil
+}
+
+// ReplaceRoute installs r (replacing a route with the same destination and metric).
+func (c *Conn) ReplaceRoute(r *model.Route) error {
+	nr, err := c.nlRoute(r)
+	if err == nil {
+		c.Writes++
+		err = translate(c.h.RouteReplace(nr))
+	}
+	if err != nil {
+		return fmt.Errorf("add route %s in namespace %q: %w", r, c.NS.Name, err)
+	}
+	return nil
+}
+
+// DelRoute removes r; a route already gone is not an error.
+func (c *Conn) DelRoute(r *model.Route) error {
+	nr, err := c.nlRoute(r)
+	if err == nil {
+		c.Writes++
+		err = translate(c.h.RouteDel(nr))
+	}
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("delete route %s in namespace %q: %w", r, c.NS.Name, err)
+	}
+	return nil
+}
+
+// MarkNamespace brings lo up and writes the namespace's ownership mark on it.
+func (c *Conn) MarkNamespace(mark string) error {
+	m := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	m.Change, m.Flags = unix.IFF_UP, unix.IFF_UP
+	if err := c.setlink("lo", m, nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(mark))); err != nil {
+		return fmt.Errorf("mark namespace %q: %w", c.NS.Name, err)
+	}
+	return nil
+}
+
+// Rename renames link old to name (the link must be down).
+func (c *Conn) Rename(old, name string) error {
+	l, err := c.h.LinkByName(old)
+	if err != nil {
+		return fmt.Errorf("rename %q in namespace %q: %w", old, c.NS.Name, translate(err))
+	}
+	c.Writes++
+	if err := c.h.LinkSetName(l, name); err != nil {
+		return fmt.Errorf("rename %q to %q in namespace %q: %w", old, name, c.NS.Name, translate(err))
+	}
+	delete(c.index, old)
+	return nil
+}
+
+// MoveTo moves link name into the namespace open at fd.
+func (c *Conn) MoveTo(name string, fd int) error {
+	c.Writes++
+	if err := c.setlink(name, nil, u32(unix.IFLA_NET_NS_FD, uint32(fd))); err != nil {
+		return fmt.Errorf("move %q out of namespace %q: %w", name, c.NS.Name, err)
+	}
+	delete(c.index, name)
+	return nil
+}
+
+// Alias returns the ifalias of name.
+func (c *Conn) Alias(name string) (string, error) {
+	l, err := c.h.LinkByName(name)
+	if err != nil {
+		return "", fmt.Errorf("link %q in namespace %q: %w", name, c.NS.Name, translate(err))
+	}
+	return l.Attrs().Alias, nil
+}

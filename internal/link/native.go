@@ -1,0 +1,9 @@
+package link
+
+import (
+	"encoding/binary"
+
+	"github.com/vishvananda/netlink/nl"
+)
+
+func native() binary.ByteOrder { return nl.NativeEndian() }

@@ -1,0 +1,141 @@
+package model
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/kvmnet/kvmnet/topology"
+)
+
+// Sysctl keys kvmnet derives from the topology.
+const (
+	SysctlIPv6DisableAll     = "net.ipv6.conf.all.disable_ipv6"
+	SysctlIPv6DisableDefault = "net.ipv6.conf.default.disable_ipv6"
+	SysctlIPv4Forward        = "net.ipv4.ip_forward"
+	SysctlIPv6Forward        = "net.ipv6.conf.all.forwarding"
+)
+
+// Desired builds the state a validated, normalized topology asks for.
+//
+// Besides what the file says, it derives two things:
+//   - IPv6 is switched off (disable_ipv6) in every namespace that declares no
+//     IPv6 address, before any link is made there. An interface without IPv6
+//     then sends no DAD, router solicitation or MLD report, so a bridge with N
+//     ports does not flood N such packets to N ports (which makes a naive
+//     build quadratic). Namespaces with IPv6 addresses keep it on.
+//   - A routed or NAT uplink turns on forwarding in its namespace.
+//
+// Sysctls the user declares override derived ones.
+func Desired(t *topology.Topology) *State {
+	id := t.ID()
+	s := &State{Network: id, Namespaces: map[string]*Namespace{}}
+	nsOf := func(name string) *Namespace { return s.Namespaces[t.NSName(name)] }
+	for _, ns := range t.Namespaces {
+		full := t.NSName(ns.Name)
+		s.Namespaces[full] = &Namespace{
+			Name: full, Owner: id,
+			Sysctls: map[string]string{},
+			Links:   map[string]*Link{},
+			Routes:  map[string]*Route{},
+		}
+	}
+	addrs := func(list []string) []netip.Prefix {
+		out := make([]netip.Prefix, 0, len(list))
+		for _, a := range list {
+			if p, err := netip.ParsePrefix(a); err == nil {
+				out = append(out, p)
+			}
+		}
+		SortPrefixes(out)
+		return out
+	}
+	for _, b := range t.Bridges {
+		l := &Link{
+			Name: b.Name, Kind: KindBridge, Owner: id, MAC: b.MAC, MTU: b.MTU, Up: true,
+			Addrs:  addrs(b.Addresses),
+			Bridge: &BridgeOpts{STP: b.STP, AgeingTime: *b.AgeingTime},
+		}
+		nsOf(b.Namespace).Links[b.Name] = l
+	}
+	veth := func(a, b topology.Endpoint, mtu int) {
+		nsOf(a.Namespace).Links[a.Name] = &Link{
+			Name: a.Name, Kind: KindVeth, Owner: id, MAC: a.MAC, MTU: mtu, Up: true,
+			Master: a.Bridge, Addrs: addrs(a.Addresses),
+			Peer: PeerRef{NS: t.NSName(b.Namespace), Name: b.Name},
+		}
+	}
+	for _, l := range t.Links {
+		a, b := l.Endpoints[0], l.Endpoints[1]
+		veth(a, b, l.MTU)
+		veth(b, a, l.MTU)
+	}
+	if u := t.Uplink; u != nil && u.Mode != topology.ModeIsolated {
+		self := topology.Endpoint{Namespace: u.Namespace, Name: u.Name, MAC: u.MAC, Addresses: u.Addresses}
+		if u.Mode == topology.ModeBridge {
+			self.Bridge = u.Bridge
+		}
+		if u.Peer != nil {
+			veth(self, *u.Peer, topology.DefaultMTU)
+			veth(*u.Peer, self, topology.DefaultMTU)
+		} else {
+			nsOf(u.Namespace).Links[u.Name] = &Link{
+				Name: u.Name, Kind: KindDevice, Owner: id, MAC: u.MAC, Up: true,
+				Master: self.Bridge, Addrs: addrs(u.Addresses), Origin: u.Device,
+			}
+		}
+		if u.Mode == topology.ModeRouted || u.Mode == topology.ModeNAT {
+			nsOf(u.Namespace).Sysctls[SysctlIPv4Forward] = "1"
+		}
+	}
+	for _, ns := range t.Namespaces {
+		n := nsOf(ns.Name)
+		for _, r := range ns.Routes {
+			rt := &Route{Dev: r.Dev, Metric: r.Metric}
+			if r.Via != "" {
+				rt.Via, _ = netip.ParseAddr(r.Via)
+			}
+			if r.To == "default" {
+				if rt.Via.Is6() {
+					rt.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+				} else {
+					rt.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+				}
+			} else {
+				rt.Dst, _ = netip.ParsePrefix(r.To)
+			}
+			n.Routes[rt.Key()] = rt
+		}
+		v6 := false
+		for _, l := range n.Links {
+			for _, a := range l.Addrs {
+				v6 = v6 || a.Addr().Is6()
+			}
+		}
+		for _, r := range n.Routes {
+			v6 = v6 || r.Dst.Addr().Is6()
+		}
+		off := "1"
+		if v6 {
+			off = "0"
+			if n.Sysctls[SysctlIPv4Forward] == "1" {
+				n.Sysctls[SysctlIPv6Forward] = "1"
+			}
+		}
+		n.Sysctls[SysctlIPv6DisableAll] = off
+		n.Sysctls[SysctlIPv6DisableDefault] = off
+		for k, v := range ns.Sysctls {
+			n.Sysctls[k] = v
+		}
+	}
+	return s
+}
+
+// SortPrefixes orders prefixes canonically (address, then length).
+func SortPrefixes(ps []netip.Prefix) {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+}

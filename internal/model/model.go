@@ -1,0 +1,161 @@
+// Package model is the network state kvmnet compares: the desired state built
+// from a topology and the observed state read from the kernel use the same
+// types, so that plan.Diff is a pure function of two values.
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Kind is the kind of a link.
+type Kind string
+
+// Link kinds kvmnet manages.
+const (
+	KindBridge Kind = "bridge"
+	KindVeth   Kind = "veth"
+	KindDevice Kind = "device" // a real NIC moved in from the root namespace
+	KindOther  Kind = "other"
+)
+
+// State is a whole network: its namespaces by kernel name.
+type State struct {
+	// Network is the network ID (prefix+name) that owns everything in it.
+	Network    string
+	Namespaces map[string]*Namespace
+}
+
+// Namespace is one network namespace and what kvmnet manages in it.
+type Namespace struct {
+	Name string
+	// Owner is the network ID in the namespace's ownership mark ("" when the
+	// namespace exists but kvmnet did not create it). Desired state sets it.
+	Owner string
+	// Sysctls holds the desired keys; observation reads the same keys.
+	Sysctls map[string]string
+	Links   map[string]*Link
+	Routes  map[string]*Route
+}
+
+// Link is one network interface.
+type Link struct {
+	Name  string
+	Kind  Kind
+	Owner string // network ID from the ownership mark; "" = not kvmnet's
+	MAC   string
+	MTU   int
+	// Master is the bridge (in the same namespace) this link is a port of.
+	Master string
+	Up     bool
+	Addrs  []netip.Prefix // sorted, without kernel-made IPv6 link-local
+	Peer   PeerRef        // veth only: the other end
+	Bridge *BridgeOpts    // bridge only
+	// Origin is the root-namespace name of a moved real NIC (KindDevice).
+	Origin string
+	// Index is the kernel ifindex (observed only; ignored by Diff).
+	Index int
+}
+
+// PeerRef names the other end of a veth: its namespace and interface.
+type PeerRef struct {
+	NS   string
+	Name string
+}
+
+func (p PeerRef) String() string { return p.NS + "/" + p.Name }
+
+// BridgeOpts are the bridge settings kvmnet manages.
+type BridgeOpts struct {
+	STP        bool
+	AgeingTime int // seconds
+}
+
+// Route is a static route in a namespace's main table.
+type Route struct {
+	Dst    netip.Prefix // always valid: 0.0.0.0/0 or ::/0 for default
+	Via    netip.Addr   // zero when the route is on-link (Dev only)
+	Dev    string
+	Metric int
+}
+
+// Key identifies a route within a namespace: destination and metric.
+func (r *Route) Key() string { return fmt.Sprintf("%s metric %d", r.Dst, r.Metric) }
+
+func (r *Route) String() string {
+	var b strings.Builder
+	if r.Dst.Bits() == 0 {
+		b.WriteString("default")
+	} else {
+		b.WriteString(r.Dst.String())
+	}
+	if r.Via.IsValid() {
+		b.WriteString(" via " + r.Via.String())
+	}
+	if r.Dev != "" {
+		b.WriteString(" dev " + r.Dev)
+	}
+	if r.Metric != 0 {
+		fmt.Fprintf(&b, " metric %d", r.Metric)
+	}
+	return b.String()
+}
+
+// Equal reports whether two routes are the same route.
+func (r *Route) Equal(o *Route) bool {
+	return r.Dst == o.Dst && r.Via == o.Via && r.Dev == o.Dev && r.Metric == o.Metric
+}
+
+// SortedNames returns the keys of a map in order.
+func SortedNames[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Ownership marks. A kvmnet-made link carries an ifalias of the form
+// "kvmnet:<network>[ peer=<ns>/<ifname>][ origin=<name>]"; a kvmnet-made
+// namespace carries "kvmnet:<network>" on its loopback device, so ownership
+// lives in the kernel and survives a lost state directory.
+const MarkPrefix = "kvmnet:"
+
+// Mark renders the ownership alias of l for network id.
+func Mark(id string, l *Link) string {
+	s := MarkPrefix + id
+	if l != nil && l.Kind == KindVeth {
+		s += " peer=" + l.Peer.String()
+	}
+	if l != nil && l.Origin != "" {
+		s += " origin=" + l.Origin
+	}
+	return s
+}
+
+// ParseMark reads an alias; ok is false when it is not a kvmnet mark.
+func ParseMark(alias string) (id string, peer PeerRef, origin string, ok bool) {
+	if !strings.HasPrefix(alias, MarkPrefix) {
+		return "", PeerRef{}, "", false
+	}
+	fields := strings.Fields(strings.TrimPrefix(alias, MarkPrefix))
+	if len(fields) == 0 {
+		return "", PeerRef{}, "", false
+	}
+	id = fields[0]
+	for _, f := range fields[1:] {
+		switch {
+		case strings.HasPrefix(f, "peer="):
+			ns, name, found := strings.Cut(strings.TrimPrefix(f, "peer="), "/")
+			if found {
+				peer = PeerRef{NS: ns, Name: name}
+			}
+		case strings.HasPrefix(f, "origin="):
+			origin = strings.TrimPrefix(f, "origin=")
+		}
+	}
+	return id, peer, origin, true
+}

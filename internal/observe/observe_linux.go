@@ -1,0 +1,102 @@
+// Package observe reads the kernel into the model: every namespace a network
+// wants or owns, with its links, addresses, routes and the sysctls the desired
+// state names.
+package observe
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/kvmnet/kvmnet/internal/link"
+	"github.com/kvmnet/kvmnet/internal/model"
+	"github.com/kvmnet/kvmnet/internal/netns"
+)
+
+// Workers bounds how many namespaces are read at once.
+var Workers = 2
+
+// Network observes network id. It reads every namespace that desired names
+// (whoever owns it) and every namespace under /run/netns whose name starts
+// with scanPrefix and whose mark says id owns it. Namespaces that exist but
+// belong to someone else are returned with their Owner and no contents.
+func Network(desired *model.State, scanPrefix string) (*model.State, error) {
+	names, err := netns.List()
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	id := desired.Network
+	var todo []string
+	for _, n := range names {
+		if desired.Namespaces[n] != nil || strings.HasPrefix(n, scanPrefix) {
+			todo = append(todo, n)
+		}
+	}
+	out := &model.State{Network: id, Namespaces: map[string]*model.Namespace{}}
+	var mu sync.Mutex
+	var errs []error
+	sem := make(chan struct{}, Workers)
+	var wg sync.WaitGroup
+	for _, n := range todo {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(name string) {
+			defer func() { <-sem; wg.Done() }()
+			ns, err := one(name, desired.Namespaces[name], id)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if errors.Is(err, netns.ErrNotFound) {
+					return // deleted while we looked
+				}
+				errs = append(errs, err)
+				return
+			}
+			if ns != nil {
+				out.Namespaces[name] = ns
+			}
+		}(n)
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// one reads a single namespace; it returns nil for one that is neither
+// desired nor owned by id.
+func one(name string, want *model.Namespace, id string) (*model.Namespace, error) {
+	ns, err := netns.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	c, err := link.Dial(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	owner, err := c.Owner()
+	if err != nil {
+		return nil, err
+	}
+	if owner != id {
+		if want == nil {
+			return nil, nil
+		}
+		return &model.Namespace{Name: name, Owner: owner}, nil
+	}
+	obs, err := c.Observe()
+	if err != nil {
+		return nil, err
+	}
+	if want != nil && len(want.Sysctls) > 0 {
+		keys := model.SortedNames(want.Sysctls)
+		if obs.Sysctls, err = netns.ReadSysctls(ns, keys); err != nil {
+			return nil, fmt.Errorf("namespace %q: %w", name, err)
+		}
+	}
+	return obs, nil
+}

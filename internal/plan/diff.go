@@ -1,0 +1,310 @@
+package plan
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+
+	"github.com/kvmnet/kvmnet/internal/model"
+)
+
+// Diff returns the ordered steps that turn observed into desired.
+//
+// observed holds every namespace whose name desired uses (owned or not) and
+// every namespace owned by desired.Network. Objects kvmnet does not own are
+// never changed: a name collision with one is a *ConflictError. Diff of an
+// empty desired state (no namespaces) against the observed network is `down`.
+//
+// The order is: create namespaces, set sysctls (before links, so defaults
+// such as disable_ipv6 apply to new links), delete links that are removed or
+// must be replaced, create bridges then veths then moved NICs, change link
+// attributes, addresses, routes, and last delete namespaces.
+func Diff(desired, observed *model.State) ([]Step, error) {
+	d := differ{net: desired.Network, desired: desired, observed: observed, done: map[string]bool{}}
+	return d.run()
+}
+
+type differ struct {
+	net               string
+	desired, observed *model.State
+	done              map[string]bool // "ns/name" of veth ends already handled
+	errs              []error
+
+	createNS, sysctl, delLink, createLink, setLink, delAddr, addAddr, delRoute, addRoute, delNS []Step
+}
+
+func (d *differ) step(op Op, ns string) Step { return Step{Op: op, NS: ns, Network: d.net} }
+
+func (d *differ) run() ([]Step, error) {
+	deleting := map[string]bool{}
+	for _, name := range model.SortedNames(d.observed.Namespaces) {
+		o := d.observed.Namespaces[name]
+		if o.Owner == d.net && d.desired.Namespaces[name] == nil {
+			deleting[name] = true
+		}
+	}
+	for _, name := range model.SortedNames(d.desired.Namespaces) {
+		d.namespace(d.desired.Namespaces[name], d.observed.Namespaces[name], deleting)
+	}
+	for _, name := range model.SortedNames(d.observed.Namespaces) {
+		if deleting[name] {
+			o := d.observed.Namespaces[name]
+			for _, ln := range model.SortedNames(o.Links) {
+				if l := o.Links[ln]; l.Kind == model.KindDevice && l.Owner == d.net {
+					s := d.step(OpReturnDevice, name)
+					s.Link = l
+					d.delLink = append(d.delLink, s)
+				}
+			}
+			d.delNS = append(d.delNS, d.step(OpDeleteNS, name))
+		}
+	}
+	if len(d.errs) > 0 {
+		return nil, errors.Join(d.errs...)
+	}
+	// Bridges before the veths that join them, moved NICs last.
+	slices.SortStableFunc(d.createLink, func(a, b Step) int { return kindRank(a) - kindRank(b) })
+	var out []Step
+	for _, part := range [][]Step{d.createNS, d.sysctl, d.delLink, d.createLink, d.setLink, d.delAddr, d.addAddr, d.delRoute, d.addRoute, d.delNS} {
+		out = append(out, part...)
+	}
+	return out, nil
+}
+
+func kindRank(s Step) int {
+	switch {
+	case s.Op == OpCreateLink && s.Link.Kind == model.KindBridge:
+		return 0
+	case s.Op == OpCreateLink:
+		return 1
+	}
+	return 2
+}
+
+func (d *differ) namespace(want, have *model.Namespace, deleting map[string]bool) {
+	name := want.Name
+	if have != nil && have.Owner != d.net {
+		d.errs = append(d.errs, &ConflictError{NS: name, Owner: have.Owner})
+		return
+	}
+	if have == nil {
+		d.createNS = append(d.createNS, d.step(OpCreateNS, name))
+		have = &model.Namespace{Name: name}
+	}
+	for _, k := range model.SortedNames(want.Sysctls) {
+		if v := want.Sysctls[k]; have.Sysctls[k] != v {
+			s := d.step(OpSysctl, name)
+			s.Key, s.Value, s.OldValue = k, v, have.Sysctls[k]
+			d.sysctl = append(d.sysctl, s)
+		}
+	}
+	for _, ln := range model.SortedNames(want.Links) {
+		d.link(name, want.Links[ln], have)
+	}
+	for _, ln := range model.SortedNames(have.Links) {
+		l := have.Links[ln]
+		if want.Links[ln] != nil || l.Owner != d.net {
+			continue
+		}
+		d.removeLink(name, l, deleting)
+	}
+	for _, r := range sortedRoutes(want.Routes) {
+		old := have.Routes[r.Key()]
+		if old != nil && old.Equal(r) {
+			continue
+		}
+		s := d.step(OpAddRoute, name)
+		s.Route, s.OldRoute = r, old
+		d.addRoute = append(d.addRoute, s)
+	}
+	for _, r := range sortedRoutes(have.Routes) {
+		if want.Routes[r.Key()] == nil {
+			s := d.step(OpDelRoute, name)
+			s.Route = r
+			d.delRoute = append(d.delRoute, s)
+		}
+	}
+}
+
+// removeLink deletes an owned link that is no longer desired. A veth pair is
+// deleted once; it is left to the namespace deletion when both of its
+// namespaces are going away anyway (deleting links one by one costs an RCU
+// grace period each).
+func (d *differ) removeLink(ns string, l *model.Link, deleting map[string]bool) {
+	key := ns + "/" + l.Name
+	if d.done[key] {
+		return
+	}
+	d.done[key] = true
+	if l.Kind == model.KindVeth {
+		d.done[l.Peer.String()] = true
+		if deleting[l.Peer.NS] {
+			return
+		}
+	}
+	op := OpDeleteLink
+	if l.Kind == model.KindDevice {
+		op = OpReturnDevice
+	}
+	s := d.step(op, ns)
+	s.Link = l
+	d.delLink = append(d.delLink, s)
+}
+
+// observedLink returns the observed link ns/name, or nil.
+func (d *differ) observedLink(ns, name string) *model.Link {
+	if o := d.observed.Namespaces[ns]; o != nil {
+		return o.Links[name]
+	}
+	return nil
+}
+
+// vethIntact reports whether the observed veth end l and its peer exist and
+// point at each other as desired.
+func (d *differ) vethIntact(ns string, want, have *model.Link) bool {
+	if have.Kind != model.KindVeth || have.Peer != want.Peer {
+		return false
+	}
+	p := d.observedLink(want.Peer.NS, want.Peer.Name)
+	return p != nil && p.Kind == model.KindVeth && p.Owner == d.net && p.Peer == (model.PeerRef{NS: ns, Name: want.Name})
+}
+
+func (d *differ) link(ns string, want *model.Link, have *model.Namespace) {
+	key := ns + "/" + want.Name
+	if d.done[key] {
+		return
+	}
+	d.done[key] = true
+	cur := have.Links[want.Name]
+	if cur != nil && cur.Owner != d.net {
+		d.errs = append(d.errs, &ConflictError{NS: ns, Name: want.Name, What: "interface", Owner: cur.Owner})
+		return
+	}
+	if want.Kind == model.KindVeth {
+		d.done[want.Peer.String()] = true
+		peerCur := d.observedLink(want.Peer.NS, want.Peer.Name)
+		if peerCur != nil && peerCur.Owner != d.net {
+			d.errs = append(d.errs, &ConflictError{NS: want.Peer.NS, Name: want.Peer.Name, What: "interface", Owner: peerCur.Owner})
+			return
+		}
+		if cur != nil && d.vethIntact(ns, want, cur) {
+			d.update(ns, want, cur)
+			peerWant := d.desired.Namespaces[want.Peer.NS].Links[want.Peer.Name]
+			d.update(want.Peer.NS, peerWant, peerCur)
+			return
+		}
+		// Broken or missing pair: remove whatever is left, then create both ends.
+		for _, x := range []struct {
+			ns string
+			l  *model.Link
+		}{{ns, cur}, {want.Peer.NS, peerCur}} {
+			if x.l != nil {
+				s := d.step(OpDeleteLink, x.ns)
+				s.Link = x.l
+				d.delLink = append(d.delLink, s)
+			}
+		}
+		d.create(ns, want)
+		return
+	}
+	if cur != nil && (cur.Kind != want.Kind || (want.Kind == model.KindDevice && cur.Origin != want.Origin)) {
+		s := d.step(OpDeleteLink, ns)
+		if cur.Kind == model.KindDevice {
+			s.Op = OpReturnDevice
+		}
+		s.Link = cur
+		d.delLink = append(d.delLink, s)
+		cur = nil
+	}
+	if cur == nil {
+		d.create(ns, want)
+		return
+	}
+	d.update(ns, want, cur)
+}
+
+// create emits the creation of want (both ends, for a veth) and its addresses.
+func (d *differ) create(ns string, want *model.Link) {
+	op := OpCreateLink
+	if want.Kind == model.KindDevice {
+		op = OpMoveDevice
+	}
+	s := d.step(op, ns)
+	s.Link = want
+	if want.Kind == model.KindVeth {
+		peer := d.desired.Namespaces[want.Peer.NS].Links[want.Peer.Name]
+		s.Peer = peer
+		// Create from the end that has a master, so it is set in the same request.
+		if want.Master == "" && peer.Master != "" {
+			s.NS, s.Link, s.Peer = want.Peer.NS, peer, want
+		}
+		d.addresses(want.Peer.NS, peer, nil)
+	}
+	d.createLink = append(d.createLink, s)
+	d.addresses(ns, want, nil)
+	// A moved NIC keeps its MAC and MTU unless the topology sets them, and
+	// comes in down: settle its attributes like an existing link's.
+	if want.Kind == model.KindDevice {
+		d.update(ns, want, &model.Link{Name: want.Name, Kind: model.KindDevice, MAC: want.MAC, MTU: want.MTU, Master: "", Up: false})
+	}
+}
+
+// update emits the attribute and address changes that turn cur into want.
+func (d *differ) update(ns string, want, cur *model.Link) {
+	if want == nil || cur == nil {
+		return
+	}
+	set, old := &LinkAttrs{}, &LinkAttrs{}
+	changed := false
+	if want.MTU != 0 && want.MTU != cur.MTU {
+		set.MTU, old.MTU, changed = ptr(want.MTU), ptr(cur.MTU), true
+	}
+	if want.MAC != "" && want.MAC != cur.MAC {
+		set.MAC, old.MAC, changed = ptr(want.MAC), ptr(cur.MAC), true
+	}
+	if want.Master != cur.Master {
+		set.Master, old.Master, changed = ptr(want.Master), ptr(cur.Master), true
+	}
+	if want.Bridge != nil {
+		cb := cur.Bridge
+		if cb == nil {
+			cb = &model.BridgeOpts{}
+		}
+		if want.Bridge.STP != cb.STP {
+			set.STP, old.STP, changed = ptr(want.Bridge.STP), ptr(cb.STP), true
+		}
+		if want.Bridge.AgeingTime != cb.AgeingTime {
+			set.Ageing, old.Ageing, changed = ptr(want.Bridge.AgeingTime), ptr(cb.AgeingTime), true
+		}
+	}
+	if want.Up != cur.Up {
+		set.Up, old.Up, changed = ptr(want.Up), ptr(cur.Up), true
+	}
+	if changed {
+		s := d.step(OpSetLink, ns)
+		s.Link, s.Set, s.Old = want, set, old
+		d.setLink = append(d.setLink, s)
+	}
+	d.addresses(ns, want, cur)
+}
+
+func (d *differ) addresses(ns string, want, cur *model.Link) {
+	var have []netip.Prefix
+	if cur != nil {
+		have = cur.Addrs
+	}
+	for _, a := range have {
+		if !containsPrefix(want.Addrs, a) {
+			s := d.step(OpDelAddr, ns)
+			s.Link, s.Addr = want, a
+			d.delAddr = append(d.delAddr, s)
+		}
+	}
+	for _, a := range want.Addrs {
+		if !containsPrefix(have, a) {
+			s := d.step(OpAddAddr, ns)
+			s.Link, s.Addr = want, a
+			d.addAddr = append(d.addAddr, s)
+		}
+	}
+}

@@ -1,0 +1,255 @@
+// Package plan computes what must change to turn an observed network into the
+// desired one: Diff is a pure function from two model.States to an ordered
+// list of Steps, each of which knows its inverse for rollback.
+package plan
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/kvmnet/kvmnet/internal/model"
+)
+
+// Op is the kind of a step.
+type Op string
+
+// The operations, in the order Diff emits them.
+const (
+	OpCreateNS     Op = "create-namespace"
+	OpSysctl       Op = "set-sysctl"
+	OpDeleteLink   Op = "delete-link"
+	OpCreateLink   Op = "create-link"
+	OpMoveDevice   Op = "move-device"
+	OpSetLink      Op = "set-link"
+	OpDelAddr      Op = "delete-address"
+	OpAddAddr      Op = "add-address"
+	OpDelRoute     Op = "delete-route"
+	OpAddRoute     Op = "add-route"
+	OpDeleteNS     Op = "delete-namespace"
+	OpReturnDevice Op = "return-device"
+)
+
+// Step is one kernel change. Only the fields its Op needs are set.
+type Step struct {
+	Op Op     `json:"op"`
+	NS string `json:"namespace"`
+	// Link is the link to create (OpCreateLink) or delete (OpDeleteLink, the
+	// observed link, so the inverse can recreate it), or the link changed.
+	Link *model.Link `json:"link,omitempty"`
+	// Peer is the far end of a veth that OpCreateLink creates, in Link.Peer.NS.
+	Peer *model.Link `json:"peer,omitempty"`
+	// Set and Old hold the attributes changed by OpSetLink, and their old values.
+	Set *LinkAttrs `json:"set,omitempty"`
+	Old *LinkAttrs `json:"old,omitempty"`
+	// Addr is the address of OpAddAddr and OpDelAddr.
+	Addr netip.Prefix `json:"address,omitzero"`
+	// Route and OldRoute: OpAddRoute replaces OldRoute when it is set.
+	Route    *model.Route `json:"route,omitempty"`
+	OldRoute *model.Route `json:"old_route,omitempty"`
+	// Key, Value, OldValue: OpSysctl.
+	Key      string `json:"key,omitempty"`
+	Value    string `json:"value,omitempty"`
+	OldValue string `json:"old_value,omitempty"`
+	// Network is the owning network ID (for the marks of created objects).
+	Network string `json:"network"`
+}
+
+// LinkAttrs are the settable attributes of OpSetLink; nil means unchanged.
+type LinkAttrs struct {
+	MTU    *int    `json:"mtu,omitempty"`
+	MAC    *string `json:"mac,omitempty"`
+	Master *string `json:"master,omitempty"`
+	Up     *bool   `json:"up,omitempty"`
+	STP    *bool   `json:"stp,omitempty"`
+	Ageing *int    `json:"ageing_time,omitempty"`
+}
+
+// Target names the object a step acts on, for messages: "vm1/eth0".
+func (s Step) Target() string {
+	switch s.Op {
+	case OpCreateNS, OpDeleteNS:
+		return s.NS
+	case OpSysctl:
+		return s.NS + " " + s.Key
+	case OpAddRoute, OpDelRoute:
+		return s.NS + " route " + s.Route.String()
+	}
+	if s.Link != nil {
+		return s.NS + "/" + s.Link.Name
+	}
+	return s.NS
+}
+
+// String renders a step for `kvmnet plan`.
+func (s Step) String() string {
+	switch s.Op {
+	case OpCreateNS:
+		return fmt.Sprintf("+ namespace %s", s.NS)
+	case OpDeleteNS:
+		return fmt.Sprintf("- namespace %s (and everything in it)", s.NS)
+	case OpSysctl:
+		return fmt.Sprintf("~ %s: sysctl %s = %s (was %s)", s.NS, s.Key, s.Value, orNone(s.OldValue))
+	case OpCreateLink:
+		l := s.Link
+		switch l.Kind {
+		case model.KindVeth:
+			extra := ""
+			if l.Master != "" {
+				extra = " master " + l.Master
+			}
+			return fmt.Sprintf("+ %s: veth %s <-> %s mac %s mtu %d%s", s.NS, l.Name, l.Peer, l.MAC, l.MTU, extra)
+		case model.KindBridge:
+			return fmt.Sprintf("+ %s: bridge %s mac %s stp %s ageing %ds", s.NS, l.Name, l.MAC, onOff(l.Bridge.STP), l.Bridge.AgeingTime)
+		}
+		return fmt.Sprintf("+ %s: %s %s", s.NS, l.Kind, l.Name)
+	case OpMoveDevice:
+		return fmt.Sprintf("+ %s: move host NIC %s in as %s", s.NS, s.Link.Origin, s.Link.Name)
+	case OpReturnDevice:
+		return fmt.Sprintf("- %s: return host NIC %s to the root namespace as %s", s.NS, s.Link.Name, s.Link.Origin)
+	case OpDeleteLink:
+		return fmt.Sprintf("- %s: %s %s", s.NS, s.Link.Kind, s.Link.Name)
+	case OpSetLink:
+		return fmt.Sprintf("~ %s: link %s %s", s.NS, s.Link.Name, s.Set.describe(s.Old))
+	case OpAddAddr:
+		return fmt.Sprintf("+ %s: address %s dev %s", s.NS, s.Addr, s.Link.Name)
+	case OpDelAddr:
+		return fmt.Sprintf("- %s: address %s dev %s", s.NS, s.Addr, s.Link.Name)
+	case OpAddRoute:
+		if s.OldRoute != nil {
+			return fmt.Sprintf("~ %s: route %s (was %s)", s.NS, s.Route, s.OldRoute)
+		}
+		return fmt.Sprintf("+ %s: route %s", s.NS, s.Route)
+	case OpDelRoute:
+		return fmt.Sprintf("- %s: route %s", s.NS, s.Route)
+	}
+	return string(s.Op)
+}
+
+func (a *LinkAttrs) describe(old *LinkAttrs) string {
+	var parts []string
+	if a.MTU != nil {
+		parts = append(parts, fmt.Sprintf("mtu %d (was %d)", *a.MTU, *old.MTU))
+	}
+	if a.MAC != nil {
+		parts = append(parts, fmt.Sprintf("mac %s (was %s)", *a.MAC, *old.MAC))
+	}
+	if a.Master != nil {
+		parts = append(parts, fmt.Sprintf("master %s (was %s)", orNone(*a.Master), orNone(*old.Master)))
+	}
+	if a.STP != nil {
+		parts = append(parts, fmt.Sprintf("stp %s (was %s)", onOff(*a.STP), onOff(*old.STP)))
+	}
+	if a.Ageing != nil {
+		parts = append(parts, fmt.Sprintf("ageing %ds (was %ds)", *a.Ageing, *old.Ageing))
+	}
+	if a.Up != nil {
+		parts = append(parts, fmt.Sprintf("state %s (was %s)", upDown(*a.Up), upDown(*old.Up)))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func upDown(b bool) string {
+	if b {
+		return "up"
+	}
+	return "down"
+}
+
+// ErrIrreversible is returned by Inverse for steps whose effect cannot be undone.
+var ErrIrreversible = errors.New("step cannot be undone")
+
+// Inverse returns the step that undoes s.
+func (s Step) Inverse() (Step, error) {
+	inv := Step{NS: s.NS, Network: s.Network, Link: s.Link, Peer: s.Peer}
+	switch s.Op {
+	case OpCreateNS:
+		inv.Op = OpDeleteNS
+	case OpSysctl:
+		inv.Op, inv.Key, inv.Value, inv.OldValue = OpSysctl, s.Key, s.OldValue, s.Value
+		if s.OldValue == "" {
+			return Step{}, ErrIrreversible
+		}
+	case OpCreateLink:
+		inv.Op = OpDeleteLink
+	case OpDeleteLink:
+		if s.Link.Kind != model.KindVeth && s.Link.Kind != model.KindBridge {
+			return Step{}, ErrIrreversible
+		}
+		inv.Op = OpCreateLink
+	case OpMoveDevice:
+		inv.Op = OpReturnDevice
+	case OpReturnDevice:
+		inv.Op = OpMoveDevice
+	case OpSetLink:
+		inv.Op, inv.Set, inv.Old = OpSetLink, s.Old, s.Set
+	case OpAddAddr:
+		inv.Op, inv.Addr = OpDelAddr, s.Addr
+	case OpDelAddr:
+		inv.Op, inv.Addr = OpAddAddr, s.Addr
+	case OpAddRoute:
+		if s.OldRoute != nil {
+			inv.Op, inv.Route, inv.OldRoute = OpAddRoute, s.OldRoute, s.Route
+		} else {
+			inv.Op, inv.Route = OpDelRoute, s.Route
+		}
+	case OpDelRoute:
+		inv.Op, inv.Route = OpAddRoute, s.Route
+	default:
+		return Step{}, ErrIrreversible
+	}
+	return inv, nil
+}
+
+// ConflictError says that a name kvmnet wants is held by an object kvmnet
+// did not create. kvmnet never takes such an object over.
+type ConflictError struct {
+	NS, Name, What, Owner string
+}
+
+func (e *ConflictError) Error() string {
+	owner := "was not created by kvmnet"
+	if e.Owner != "" {
+		owner = fmt.Sprintf("belongs to kvmnet network %q", e.Owner)
+	}
+	if e.Name == "" {
+		return fmt.Sprintf("namespace %q already exists and %s; refusing to take it over (choose another name or prefix)", e.NS, owner)
+	}
+	return fmt.Sprintf("%s %q in namespace %q already exists and %s; refusing to take it over", e.What, e.Name, e.NS, owner)
+}
+
+// ErrConflict matches every *ConflictError with errors.Is.
+var ErrConflict = errors.New("name held by an object kvmnet does not own")
+
+// Is makes errors.Is(err, ErrConflict) true.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// sortedRoutes returns a namespace's routes in key order.
+func sortedRoutes(m map[string]*model.Route) []*model.Route {
+	out := make([]*model.Route, 0, len(m))
+	for _, k := range model.SortedNames(m) {
+		out = append(out, m[k])
+	}
+	return out
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// containsPrefix reports whether ps holds p.
+func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool { return slices.Contains(ps, p) }
