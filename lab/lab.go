@@ -226,3 +226,7 @@ func foreignInside(observed *model.State, id string) error {
 func Observe(ctx context.Context, t *topology.Topology) (*model.State, error) {
 	return observe.Network(model.Desired(t), t.Prefix)
 }
+
+// withBeforeStep injects a hook run before every kernel step (tests use it
+// to fail a chosen step and check the rollback).
+func withBeforeStep(f func(plan.Step) error) Option { return func(o *options) { o.beforeStep = f } }

@@ -137,7 +137,13 @@ func (e *Executor) Apply(steps []plan.Step) error {
 	var done []plan.Step
 	created := map[string]bool{}
 	for _, s := range steps {
-		err := e.run(s)
+		var err error
+		if e.BeforeStep != nil {
+			err = e.BeforeStep(s)
+		}
+		if err == nil {
+			err = e.run(s)
+		}
 		if e.AfterStep != nil {
 			e.AfterStep(s, err)
 		}
@@ -178,11 +184,6 @@ func (e *Executor) Undo(done []plan.Step, created map[string]bool) error {
 }
 
 func (e *Executor) run(s plan.Step) error {
-	if e.BeforeStep != nil {
-		if err := e.BeforeStep(s); err != nil {
-			return err
-		}
-	}
 	mark := model.Mark(e.Network, s.Link)
 	switch s.Op {
 	case plan.OpCreateNS:

@@ -13,6 +13,7 @@ const (
 	SysctlIPv6DisableDefault = "net.ipv6.conf.default.disable_ipv6"
 	SysctlIPv4Forward        = "net.ipv4.ip_forward"
 	SysctlIPv6Forward        = "net.ipv6.conf.all.forwarding"
+	SysctlPromoteSecondaries = "net.ipv4.conf.all.promote_secondaries"
 )
 
 // Desired builds the state a validated, normalized topology asks for.
@@ -24,6 +25,10 @@ const (
 //     ports does not flood N such packets to N ports (which makes a naive
 //     build quadratic). Namespaces with IPv6 addresses keep it on.
 //   - A routed or NAT uplink turns on forwarding in its namespace.
+//   - promote_secondaries is on, as on most distributions: when an edit
+//     replaces an interface's address in the same subnet, the new one is
+//     added first (as a secondary) and survives the old one's removal, and
+//     so do the routes through it.
 //
 // Sysctls the user declares override derived ones.
 func Desired(t *topology.Topology) *State {
@@ -121,6 +126,7 @@ func Desired(t *topology.Topology) *State {
 				n.Sysctls[SysctlIPv6Forward] = "1"
 			}
 		}
+		n.Sysctls[SysctlPromoteSecondaries] = "1"
 		n.Sysctls[SysctlIPv6DisableAll] = off
 		n.Sysctls[SysctlIPv6DisableDefault] = off
 		for k, v := range ns.Sysctls {

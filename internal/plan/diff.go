@@ -18,7 +18,9 @@ import (
 // The order is: create namespaces, set sysctls (before links, so defaults
 // such as disable_ipv6 apply to new links), delete links that are removed or
 // must be replaced, create bridges then veths then moved NICs, change link
-// attributes, addresses, routes, and last delete namespaces.
+// attributes, add addresses then delete old ones (removing the last address
+// of a subnet first would make the kernel flush the routes through it), routes,
+// and last delete namespaces.
 func Diff(desired, observed *model.State) ([]Step, error) {
 	d := differ{net: desired.Network, desired: desired, observed: observed, done: map[string]bool{}}
 	return d.run()
@@ -44,7 +46,7 @@ func (d *differ) run() ([]Step, error) {
 		}
 	}
 	for _, name := range model.SortedNames(d.desired.Namespaces) {
-		d.namespace(d.desired.Namespaces[name], d.observed.Namespaces[name], deleting)
+		d.namespace(d.desired.Namespaces[name], d.observed.Namespaces[name])
 	}
 	for _, name := range model.SortedNames(d.observed.Namespaces) {
 		if deleting[name] {
@@ -65,7 +67,7 @@ func (d *differ) run() ([]Step, error) {
 	// Bridges before the veths that join them, moved NICs last.
 	slices.SortStableFunc(d.createLink, func(a, b Step) int { return kindRank(a) - kindRank(b) })
 	var out []Step
-	for _, part := range [][]Step{d.createNS, d.sysctl, d.delLink, d.createLink, d.setLink, d.delAddr, d.addAddr, d.delRoute, d.addRoute, d.delNS} {
+	for _, part := range [][]Step{d.createNS, d.sysctl, d.delLink, d.createLink, d.setLink, d.addAddr, d.delAddr, d.delRoute, d.addRoute, d.delNS} {
 		out = append(out, part...)
 	}
 	return out, nil
@@ -81,7 +83,7 @@ func kindRank(s Step) int {
 	return 2
 }
 
-func (d *differ) namespace(want, have *model.Namespace, deleting map[string]bool) {
+func (d *differ) namespace(want, have *model.Namespace) {
 	name := want.Name
 	if have != nil && have.Owner != d.net {
 		d.errs = append(d.errs, &ConflictError{NS: name, Owner: have.Owner})
@@ -106,7 +108,7 @@ func (d *differ) namespace(want, have *model.Namespace, deleting map[string]bool
 		if want.Links[ln] != nil || l.Owner != d.net {
 			continue
 		}
-		d.removeLink(name, l, deleting)
+		d.removeLink(name, l)
 	}
 	for _, r := range sortedRoutes(want.Routes) {
 		old := have.Routes[r.Key()]
@@ -126,11 +128,13 @@ func (d *differ) namespace(want, have *model.Namespace, deleting map[string]bool
 	}
 }
 
-// removeLink deletes an owned link that is no longer desired. A veth pair is
-// deleted once; it is left to the namespace deletion when both of its
-// namespaces are going away anyway (deleting links one by one costs an RCU
-// grace period each).
-func (d *differ) removeLink(ns string, l *model.Link, deleting map[string]bool) {
+// removeLink deletes an owned link, in a namespace that stays, that is no
+// longer desired. A veth pair is deleted once, explicitly even when its peer's
+// namespace is being deleted: namespace teardown is asynchronous, and the
+// port would linger on its bridge for a while. (Links inside namespaces that
+// are deleted are left to the namespace deletion: deleting links one by one
+// costs an RCU grace period each.)
+func (d *differ) removeLink(ns string, l *model.Link) {
 	key := ns + "/" + l.Name
 	if d.done[key] {
 		return
@@ -138,9 +142,6 @@ func (d *differ) removeLink(ns string, l *model.Link, deleting map[string]bool) 
 	d.done[key] = true
 	if l.Kind == model.KindVeth {
 		d.done[l.Peer.String()] = true
-		if deleting[l.Peer.NS] {
-			return
-		}
 	}
 	op := OpDeleteLink
 	if l.Kind == model.KindDevice {

@@ -1,0 +1,588 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kvmnet/kvmnet/internal/netns"
+	"github.com/kvmnet/kvmnet/internal/plan"
+	"github.com/kvmnet/kvmnet/internal/render"
+	"github.com/kvmnet/kvmnet/internal/testutil"
+	"github.com/kvmnet/kvmnet/topology"
+)
+
+// fixture loads a topology from YAML under a unique prefix; the prefix's
+// namespaces are deleted when the test ends, whatever happened.
+func fixture(t *testing.T, src string) *topology.Topology {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "ip")
+	prefix := testutil.UniquePrefix(t)
+	topo, err := topology.Parse("test.yaml", []byte(src))
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	topo.Prefix = prefix
+	if err := topo.Validate(); err != nil {
+		t.Fatalf("validate with prefix: %v", err)
+	}
+	return topo
+}
+
+func testOpts(t *testing.T, more ...Option) []Option {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return append([]Option{WithLogger(log), WithStateDir(t.TempDir())}, more...)
+}
+
+func up(t *testing.T, topo *topology.Topology, more ...Option) *Result {
+	t.Helper()
+	res, err := Up(context.Background(), topo, testOpts(t, more...)...)
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	return res
+}
+
+// inNS runs a witness command inside namespace ns of topo.
+func inNS(t *testing.T, topo *topology.Topology, ns string, args ...string) string {
+	t.Helper()
+	return testutil.Run(t, "ip", append([]string{"netns", "exec", topo.NSName(ns)}, args...)...)
+}
+
+func ping(t *testing.T, topo *topology.Topology, from, to string) {
+	t.Helper()
+	out, err := testutil.Try("ip", "netns", "exec", topo.NSName(from), "ping", "-c", "2", "-i", "0.2", "-W", "2", to)
+	if err != nil {
+		t.Fatalf("ping %s from %s: %v\n%s", to, from, err, out)
+	}
+	if !strings.Contains(out, " 0% packet loss") {
+		t.Fatalf("ping %s from %s lost packets:\n%s", to, from, out)
+	}
+}
+
+func noPing(t *testing.T, topo *topology.Topology, from, to string) {
+	t.Helper()
+	out, err := testutil.Try("ip", "netns", "exec", topo.NSName(from), "ping", "-c", "1", "-W", "1", to)
+	if err == nil {
+		t.Fatalf("ping %s from %s succeeded, want no reply:\n%s", to, from, out)
+	}
+}
+
+// tcpEcho listens on addr inside ns and echoes one line per connection.
+func tcpEcho(t *testing.T, topo *topology.Topology, ns, addr string) {
+	t.Helper()
+	h, err := netns.Open(topo.NSName(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var ln net.Listener
+	if err := netns.Do(h, func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, ns, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+}
+
+// tcpRoundTrip connects from ns to addr and checks the echo.
+func tcpRoundTrip(t *testing.T, topo *topology.Topology, ns, addr string) {
+	t.Helper()
+	h, err := netns.Open(topo.NSName(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var c net.Conn
+	if err := netns.Do(h, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr, 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("TCP connect %s from %s: %v", addr, ns, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	msg := "kvmnet " + ns + "\n"
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+		t.Fatalf("TCP echo from %s via %s: got %q, %v", addr, ns, buf, err)
+	}
+}
+
+// neighMAC returns the MAC that ns has learned for ip (ARP), or "".
+func neighMAC(t *testing.T, topo *topology.Topology, ns, ip string) string {
+	t.Helper()
+	out := testutil.Run(t, "ip", "-n", topo.NSName(ns), "neigh", "show", ip)
+	m := regexp.MustCompile(`lladdr ([0-9a-f:]{17})`).FindStringSubmatch(out)
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+func prefixedNamespaces(t *testing.T, prefix string) []string {
+	t.Helper()
+	names, err := netns.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, n := range names {
+		if strings.HasPrefix(n, prefix) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func rootLinks(t *testing.T) string {
+	t.Helper()
+	out := testutil.Run(t, "ip", "-o", "link", "show")
+	var names []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 1 {
+			names = append(names, f[1])
+		}
+	}
+	return strings.Join(names, " ")
+}
+
+func TestReferenceDesign(t *testing.T) {
+	topo := fixture(t, string(topology.DefaultYAML()))
+	linksBefore := rootLinks(t)
+
+	res := up(t, topo)
+	if len(res.Steps) == 0 || res.Writes == 0 {
+		t.Fatalf("first up made no changes: %+v", res)
+	}
+
+	// Traffic: vm1 reaches the gateway on the host, across br0.
+	ping(t, topo, "vm1", "192.168.1.1")
+	// ARP: the host learned vm1's declared MAC, vm1 learned the host's.
+	if got := neighMAC(t, topo, "host", "192.168.1.100"); got != "00:11:22:33:44:55" {
+		t.Errorf("host's ARP entry for vm1 = %q, want 00:11:22:33:44:55", got)
+	}
+	if got := neighMAC(t, topo, "vm1", "192.168.1.1"); got != "aa:bb:cc:dd:ee:ff" {
+		t.Errorf("vm1's ARP entry for the gateway = %q, want aa:bb:cc:dd:ee:ff", got)
+	}
+	// TCP across the bridge.
+	tcpEcho(t, topo, "host", "192.168.1.1:7001")
+	tcpRoundTrip(t, topo, "vm1", "192.168.1.1:7001")
+
+	// iproute2 as an independent witness.
+	br := topo.NSName("bridge")
+	links := testutil.Run(t, "ip", "-n", br, "-o", "link", "show")
+	for _, want := range []string{"br0:", "host@", "vm1@", "master br0"} {
+		if !strings.Contains(links, want) {
+			t.Errorf("ip -n %s link lacks %q:\n%s", br, want, links)
+		}
+	}
+	fdb := testutil.Run(t, "bridge", "-n", br, "fdb", "show", "br", "br0")
+	if !regexp.MustCompile(`00:11:22:33:44:55 dev vm1 master br0`).MatchString(fdb) {
+		t.Errorf("bridge fdb has not learned vm1's MAC on port vm1:\n%s", fdb)
+	}
+	routes := inNS(t, topo, "vm1", "ip", "route")
+	for _, want := range []string{"default via 192.168.1.1 dev eth0 proto 211", "10.0.0.0/24 via 192.168.1.1 dev eth0 proto 211"} {
+		if !strings.Contains(routes, want) {
+			t.Errorf("vm1 routes lack %q:\n%s", want, routes)
+		}
+	}
+	// IPv6 is off where no IPv6 is declared (no DAD/RS/MLD chatter).
+	if v := strings.TrimSpace(inNS(t, topo, "bridge", "cat", "/proc/sys/net/ipv6/conf/vm1/disable_ipv6")); v != "1" {
+		t.Errorf("bridge port vm1 disable_ipv6 = %q, want 1", v)
+	}
+
+	// Re-running up on the unchanged network writes nothing.
+	again := up(t, topo)
+	if again.Writes != 0 || len(again.Steps) != 0 {
+		t.Fatalf("second up: %d steps, %d writes; want 0, 0: %v", len(again.Steps), again.Writes, again.Steps)
+	}
+
+	// down removes everything, twice is fine, and the root namespace is as before.
+	if _, err := Down(context.Background(), topo, testOpts(t)...); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	if left := prefixedNamespaces(t, topo.Prefix); len(left) != 0 {
+		t.Fatalf("namespaces left after down: %v", left)
+	}
+	res2, err := Down(context.Background(), topo, testOpts(t)...)
+	if err != nil || len(res2.Steps) != 0 {
+		t.Fatalf("second down: %v, %d steps", err, len(res2.Steps))
+	}
+	if after := rootLinks(t); after != linksBefore {
+		t.Fatalf("root namespace links changed:\nbefore %s\nafter  %s", linksBefore, after)
+	}
+}
+
+const larger = `
+name: larger
+namespaces:
+  - name: host
+    role: host
+    sysctls: {net.ipv4.ip_forward: "1"}
+  - name: bridge
+    role: bridge
+  - {name: vm1, role: vm, routes: [{to: default, via: 192.168.10.1}]}
+  - {name: vm2, role: vm, routes: [{to: default, via: 192.168.10.1}]}
+  - {name: vm3, role: vm, routes: [{to: default, via: 192.168.20.1}]}
+  - {name: vm4, role: endpoint, routes: [{to: default, via: 192.168.20.1}]}
+  - name: external
+    role: external
+    routes:
+      - {to: 192.168.10.0/24, via: 203.0.113.1}
+      - {to: 192.168.20.0/24, via: 203.0.113.1}
+bridges:
+  - {name: br0, namespace: bridge}
+  - {name: br1, namespace: bridge}
+links:
+  - endpoints:
+      - {namespace: host, name: eth0, addresses: [192.168.10.1/24]}
+      - {namespace: bridge, name: host0, bridge: br0}
+  - endpoints:
+      - {namespace: host, name: eth1, addresses: [192.168.20.1/24]}
+      - {namespace: bridge, name: host1, bridge: br1}
+  - endpoints:
+      - {namespace: vm1, name: eth0, addresses: [192.168.10.11/24]}
+      - {namespace: bridge, name: vm1, bridge: br0}
+  - endpoints:
+      - {namespace: vm2, name: eth0, addresses: [192.168.10.12/24]}
+      - {namespace: bridge, name: vm2, bridge: br0}
+  - endpoints:
+      - {namespace: vm3, name: eth0, addresses: [192.168.20.13/24]}
+      - {namespace: bridge, name: vm3, bridge: br1}
+  - endpoints:
+      - {namespace: vm4, name: eth0, addresses: [192.168.20.14/24]}
+      - {namespace: bridge, name: vm4, bridge: br1}
+uplink:
+  mode: routed
+  addresses: [203.0.113.1/24]
+  peer: {namespace: external, name: eth0, addresses: [203.0.113.254/24]}
+`
+
+func TestLargerRoutedTopology(t *testing.T) {
+	topo := fixture(t, larger)
+	up(t, topo)
+	// Same segment (L2 through br0 and br1), across segments (routed by the
+	// host), and out of the uplink to the external namespace.
+	ping(t, topo, "vm1", "192.168.10.12")
+	ping(t, topo, "vm3", "192.168.20.14")
+	ping(t, topo, "vm1", "192.168.20.13")
+	ping(t, topo, "vm4", "203.0.113.254")
+	ping(t, topo, "external", "192.168.10.11")
+	tcpEcho(t, topo, "vm2", "192.168.10.12:7002")
+	tcpRoundTrip(t, topo, "external", "192.168.10.12:7002")
+	tcpRoundTrip(t, topo, "vm4", "192.168.10.12:7002")
+	// Segments are separate broadcast domains: vm1 never learns vm3's MAC by
+	// ARP; its neighbour for the routed path is the gateway.
+	if got := neighMAC(t, topo, "vm1", "192.168.20.13"); got != "" {
+		t.Errorf("vm1 has an ARP entry for vm3 on another segment: %s", got)
+	}
+	if got := strings.TrimSpace(inNS(t, topo, "host", "cat", "/proc/sys/net/ipv4/ip_forward")); got != "1" {
+		t.Errorf("host ip_forward = %s", got)
+	}
+	if again := up(t, topo); again.Writes != 0 {
+		t.Fatalf("second up wrote %d times: %v", again.Writes, again.Steps)
+	}
+	if _, err := Down(context.Background(), topo, testOpts(t)...); err != nil {
+		t.Fatal(err)
+	}
+	if left := prefixedNamespaces(t, topo.Prefix); len(left) != 0 {
+		t.Fatalf("left after down: %v", left)
+	}
+}
+
+const bridged = `
+name: bridged
+namespaces:
+  - {name: host, role: host}
+  - {name: bridge, role: bridge}
+  - {name: vm1, role: vm, routes: [{to: default, via: 192.168.1.1}]}
+  - {name: external, role: external}
+bridges:
+  - {name: br0, namespace: bridge}
+  - {name: brup, namespace: host, addresses: [192.168.1.1/24]}
+links:
+  - endpoints:
+      - {namespace: host, name: eth0, bridge: brup}
+      - {namespace: bridge, name: host, bridge: br0}
+  - endpoints:
+      - {namespace: vm1, name: eth0, mac: "00:11:22:33:44:55", addresses: [192.168.1.100/24]}
+      - {namespace: bridge, name: vm1, bridge: br0}
+uplink:
+  mode: bridge
+  bridge: brup
+  peer: {namespace: external, name: eth0, addresses: [192.168.1.50/24]}
+`
+
+func TestBridgedUplink(t *testing.T) {
+	topo := fixture(t, bridged)
+	up(t, topo)
+	// The VM appears at L2 on the external segment: the external host ARPs
+	// for it directly and learns its own MAC.
+	ping(t, topo, "external", "192.168.1.100")
+	if got := neighMAC(t, topo, "external", "192.168.1.100"); got != "00:11:22:33:44:55" {
+		t.Fatalf("external's ARP entry for vm1 = %q, want the VM's MAC", got)
+	}
+	ping(t, topo, "vm1", "192.168.1.1")
+	tcpEcho(t, topo, "vm1", "192.168.1.100:7003")
+	tcpRoundTrip(t, topo, "external", "192.168.1.100:7003")
+}
+
+func TestInPlaceEdits(t *testing.T) {
+	topo := fixture(t, string(topology.DefaultYAML()))
+	up(t, topo)
+	idx := func(ns, name string) string {
+		out := testutil.Run(t, "ip", "-n", topo.NSName(ns), "-o", "link", "show", name)
+		return strings.SplitN(out, ":", 2)[0]
+	}
+	before := map[string]string{"vm1/eth0": idx("vm1", "eth0"), "bridge/br0": idx("bridge", "br0"), "host/eth0": idx("host", "eth0")}
+
+	// Edit: vm1's address, MAC and MTU of its link, the static route, STP.
+	topo.Links[1].Endpoints[0].Addresses = []string{"192.168.1.101/24"}
+	topo.Links[1].Endpoints[0].MAC = "00:11:22:33:44:66"
+	topo.Links[0].MTU = 9000 // jumbo frames end to end on the segment
+	topo.Links[1].MTU = 9000
+	topo.Namespaces[2].Routes[1].To = "10.0.1.0/24"
+	topo.Bridges[0].STP = true
+	if err := topo.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	res := up(t, topo)
+	for _, s := range res.Steps {
+		if s.Op == plan.OpCreateLink || s.Op == plan.OpDeleteLink || s.Op == plan.OpCreateNS || s.Op == plan.OpDeleteNS {
+			t.Errorf("in-place edit recreated something: %s", s)
+		}
+	}
+	for k, v := range before {
+		ns, name, _ := strings.Cut(k, "/")
+		if got := idx(ns, name); got != v {
+			t.Errorf("%s was recreated (ifindex %s -> %s)", k, v, got)
+		}
+	}
+	addr := inNS(t, topo, "vm1", "ip", "-o", "addr", "show", "eth0")
+	if !strings.Contains(addr, "192.168.1.101/24") || strings.Contains(addr, "192.168.1.100/") {
+		t.Errorf("vm1 address not updated:\n%s", addr)
+	}
+	link := inNS(t, topo, "vm1", "ip", "-o", "link", "show", "eth0")
+	if !strings.Contains(link, "mtu 9000") || !strings.Contains(link, "00:11:22:33:44:66") {
+		t.Errorf("vm1 eth0 not updated:\n%s", link)
+	}
+	if !strings.Contains(testutil.Run(t, "ip", "-n", topo.NSName("bridge"), "-o", "link", "show", "vm1"), "mtu 9000") {
+		t.Errorf("bridge-side MTU not updated")
+	}
+	routes := inNS(t, topo, "vm1", "ip", "route")
+	if !strings.Contains(routes, "10.0.1.0/24 via 192.168.1.1") || strings.Contains(routes, "10.0.0.0/24") {
+		t.Errorf("route not replaced:\n%s", routes)
+	}
+	if !strings.Contains(testutil.Run(t, "ip", "-n", topo.NSName("bridge"), "-d", "link", "show", "br0"), "stp_state 1") {
+		t.Errorf("STP not switched on")
+	}
+	ping(t, topo, "vm1", "192.168.1.1")
+
+	// Removing an object deletes it and nothing else.
+	topo.Namespaces[2].Routes = topo.Namespaces[2].Routes[:1]
+	res = up(t, topo)
+	if len(res.Steps) != 1 || res.Steps[0].Op != plan.OpDelRoute {
+		t.Fatalf("removing a route: steps %v", res.Steps)
+	}
+	if again := up(t, topo); again.Writes != 0 {
+		t.Fatalf("re-up after edits wrote %d: %v", again.Writes, again.Steps)
+	}
+}
+
+func TestAddAndRemoveNamespace(t *testing.T) {
+	topo := fixture(t, string(topology.DefaultYAML()))
+	up(t, topo)
+	// Add vm2 on br0.
+	topo.Namespaces = append(topo.Namespaces, topology.Namespace{Name: "vm2", Role: topology.RoleVM})
+	topo.Links = append(topo.Links, topology.Link{MTU: 1500, Endpoints: []topology.Endpoint{
+		{Namespace: "vm2", Name: "eth0", MAC: "02:00:00:00:00:02", Addresses: []string{"192.168.1.102/24"}},
+		{Namespace: "bridge", Name: "vm2", MAC: "02:00:00:00:00:12", Bridge: "br0"},
+	}})
+	if err := topo.Normalize(); err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	up(t, topo)
+	ping(t, topo, "vm2", "192.168.1.100")
+	// Remove it again: the namespace and its bridge port go, nothing else.
+	topo.Namespaces = topo.Namespaces[:3]
+	topo.Links = topo.Links[:2]
+	res := up(t, topo)
+	if len(res.Steps) != 2 {
+		t.Errorf("removing vm2: want 2 steps (port, namespace), got %v", res.Steps)
+	}
+	if netns.Exists(topo.NSName("vm2")) {
+		t.Fatal("vm2 still exists")
+	}
+	if out, _ := testutil.Try("ip", "-n", topo.NSName("bridge"), "link", "show", "vm2"); !strings.Contains(out, "does not exist") {
+		t.Fatalf("bridge port vm2 still exists: %s", out)
+	}
+	ping(t, topo, "vm1", "192.168.1.1")
+}
+
+func TestForeignObjectsUntouched(t *testing.T) {
+	topo := fixture(t, string(topology.DefaultYAML()))
+	// A namespace with a name the topology wants, made by someone else.
+	foreign := topo.NSName("vm1")
+	testutil.Run(t, "ip", "netns", "add", foreign)
+	testutil.Run(t, "ip", "-n", foreign, "link", "add", "keepme", "type", "veth", "peer", "name", "keepme2")
+	_, err := Up(context.Background(), topo, testOpts(t)...)
+	var ce *plan.ConflictError
+	if !errors.As(err, &ce) || ce.NS != foreign {
+		t.Fatalf("up over a foreign namespace: got %v, want a conflict on %s", err, foreign)
+	}
+	if left := prefixedNamespaces(t, topo.Prefix); len(left) != 1 || left[0] != foreign {
+		t.Fatalf("up built something despite the conflict: %v", left)
+	}
+	if !strings.Contains(testutil.Run(t, "ip", "-n", foreign, "link"), "keepme") {
+		t.Fatal("foreign link was touched")
+	}
+	// down of the network must not delete the foreign namespace either.
+	if _, err := Down(context.Background(), topo, testOpts(t)...); err != nil {
+		t.Fatal(err)
+	}
+	if !netns.Exists(foreign) {
+		t.Fatal("down deleted a namespace kvmnet did not create")
+	}
+	testutil.Run(t, "ip", "netns", "del", foreign)
+
+	// A foreign link inside a kvmnet namespace is left alone by up, and down
+	// refuses to destroy it without --force.
+	up(t, topo)
+	testutil.Run(t, "ip", "-n", topo.NSName("vm1"), "link", "add", "mine0", "type", "veth", "peer", "name", "mine1")
+	if res := up(t, topo); res.Writes != 0 {
+		t.Fatalf("up touched the network because of a foreign link: %v", res.Steps)
+	}
+	_, err = Down(context.Background(), topo, testOpts(t)...)
+	var fe *ForeignError
+	if !errors.As(err, &fe) || fe.NS != topo.NSName("vm1") {
+		t.Fatalf("down with a foreign link inside: got %v, want ForeignError", err)
+	}
+	if !netns.Exists(topo.NSName("vm1")) {
+		t.Fatal("down deleted the namespace despite refusing")
+	}
+	if _, err := Down(context.Background(), topo, testOpts(t, WithForce(true))...); err != nil {
+		t.Fatalf("down --force: %v", err)
+	}
+	if left := prefixedNamespaces(t, topo.Prefix); len(left) != 0 {
+		t.Fatalf("left after down --force: %v", left)
+	}
+}
+
+func TestRollbackOnInjectedFailure(t *testing.T) {
+	topo := fixture(t, larger)
+	steps, err := Plan(context.Background(), topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fail at several depths of the plan: each time nothing may remain.
+	for _, at := range []int{1, len(steps) / 2, len(steps) - 1} {
+		t.Run(fmt.Sprintf("step%d", at), func(t *testing.T) {
+			n := 0
+			boom := errors.New("injected failure")
+			_, err := Up(context.Background(), topo, testOpts(t, withBeforeStep(func(s plan.Step) error {
+				n++
+				if n == at+1 {
+					return boom
+				}
+				return nil
+			}))...)
+			if !errors.Is(err, boom) {
+				t.Fatalf("up: got %v, want the injected failure", err)
+			}
+			if !strings.Contains(err.Error(), "rolled back") {
+				t.Errorf("error does not say it rolled back: %v", err)
+			}
+			if left := prefixedNamespaces(t, topo.Prefix); len(left) != 0 {
+				t.Fatalf("rollback left namespaces: %v", left)
+			}
+		})
+	}
+	// Rollback of an in-place edit restores the previous state exactly.
+	up(t, topo)
+	edited := *topo
+	edited.Links = append([]topology.Link(nil), topo.Links...)
+	for _, i := range []int{0, 2, 3} { // the br0 segment, end to end
+		edited.Links[i].MTU = 9000
+	}
+	n := 0
+	_, err = Up(context.Background(), &edited, testOpts(t, withBeforeStep(func(s plan.Step) error {
+		n++
+		if s.Op == plan.OpSetLink && n > 1 {
+			return errors.New("injected")
+		}
+		return nil
+	}))...)
+	if err == nil {
+		t.Fatal("edit with injected failure succeeded")
+	}
+	if !strings.Contains(err.Error(), "rolled back") {
+		t.Errorf("error does not say it rolled back: %v", err)
+	}
+	rest, err := Plan(context.Background(), topo)
+	if err != nil || len(rest) != 0 {
+		t.Fatalf("after the rolled-back edit the network differs from the original: %v %v", err, rest)
+	}
+}
+
+func TestShellExportIsEquivalent(t *testing.T) {
+	topo := fixture(t, larger)
+	steps, err := Plan(context.Background(), topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(t.TempDir(), "plan.sh")
+	f, err := os.Create(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := render.Shell(f, topo.ID(), steps); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if out, err := exec.Command("sh", script).CombinedOutput(); err != nil {
+		t.Fatalf("plan -o sh script failed: %v\n%s", err, out)
+	}
+	// What iproute2 built from the script is exactly what kvmnet wants.
+	rest, err := Plan(context.Background(), topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rest) != 0 {
+		t.Fatalf("after running the exported script, kvmnet still plans %d changes: %v", len(rest), rest)
+	}
+	ping(t, topo, "vm1", "192.168.20.13")
+}
