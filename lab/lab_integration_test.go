@@ -559,30 +559,136 @@ func TestRollbackOnInjectedFailure(t *testing.T) {
 }
 
 func TestShellExportIsEquivalent(t *testing.T) {
-	topo := fixture(t, larger)
-	steps, err := Plan(context.Background(), topo)
+	testutil.RequireTool(t, "nft")
+	for name, src := range map[string]string{"routed": larger, "nat": natted, "bridged": bridged} {
+		t.Run(name, func(t *testing.T) {
+			topo := fixture(t, src)
+			steps, err := Plan(context.Background(), topo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			script := filepath.Join(t.TempDir(), "plan.sh")
+			f, err := os.Create(script)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := render.Shell(f, topo.ID(), steps); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			if out, err := exec.Command("sh", script).CombinedOutput(); err != nil {
+				t.Fatalf("plan -o sh script failed: %v\n%s", err, out)
+			}
+			// What iproute2 and nft built from the script is exactly what kvmnet wants.
+			rest, err := Plan(context.Background(), topo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rest) != 0 {
+				t.Fatalf("after running the exported script, kvmnet still plans %d changes: %v", len(rest), rest)
+			}
+			ping(t, topo, "vm1", topo.Uplink.Peer.Addresses[0][:strings.Index(topo.Uplink.Peer.Addresses[0], "/")])
+			if _, err := Down(context.Background(), topo, testOpts(t)...); err != nil {
+				t.Fatalf("down of the script-built network: %v", err)
+			}
+		})
+	}
+}
+
+const natted = `
+name: natted
+namespaces:
+  - {name: host, role: host}
+  - {name: bridge, role: bridge}
+  - {name: vm1, role: vm, routes: [{to: default, via: 192.168.1.1}]}
+  - {name: external, role: external}
+bridges:
+  - {name: br0, namespace: bridge}
+links:
+  - endpoints:
+      - {namespace: host, name: eth0, addresses: [192.168.1.1/24]}
+      - {namespace: bridge, name: host, bridge: br0}
+  - endpoints:
+      - {namespace: vm1, name: eth0, addresses: [192.168.1.100/24]}
+      - {namespace: bridge, name: vm1, bridge: br0}
+uplink:
+  mode: nat
+  addresses: [203.0.113.1/24]
+  peer: {namespace: external, name: eth0, addresses: [203.0.113.254/24]}
+`
+
+func TestNATUplink(t *testing.T) {
+	testutil.RequireTool(t, "nft")
+	topo := fixture(t, natted)
+	up(t, topo)
+	// The external namespace has no route back to 192.168.1.0/24: only
+	// masquerading makes the VM's traffic come back.
+	ping(t, topo, "vm1", "203.0.113.254")
+	h, err := netns.Open(topo.NSName("external"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	script := filepath.Join(t.TempDir(), "plan.sh")
-	f, err := os.Create(script)
-	if err != nil {
+	defer h.Close()
+	var ln net.Listener
+	if err := netns.Do(h, func() error {
+		var err error
+		ln, err = net.Listen("tcp", "203.0.113.254:7004")
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := render.Shell(f, topo.ID(), steps); err != nil {
-		t.Fatal(err)
+	defer ln.Close()
+	peer := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			peer <- err.Error()
+			return
+		}
+		peer <- c.RemoteAddr().String()
+		c.Close()
+	}()
+	vm, _ := netns.Open(topo.NSName("vm1"))
+	defer vm.Close()
+	if err := netns.Do(vm, func() error {
+		c, err := net.DialTimeout("tcp", "203.0.113.254:7004", 3*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("TCP from vm1 to external: %v", err)
 	}
-	f.Close()
-	if out, err := exec.Command("sh", script).CombinedOutput(); err != nil {
-		t.Fatalf("plan -o sh script failed: %v\n%s", err, out)
+	select {
+	case from := <-peer:
+		if !strings.HasPrefix(from, "203.0.113.1:") {
+			t.Fatalf("external saw the connection from %s, want the uplink address 203.0.113.1 (masquerade)", from)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection reached the external namespace")
 	}
-	// What iproute2 built from the script is exactly what kvmnet wants.
-	rest, err := Plan(context.Background(), topo)
-	if err != nil {
-		t.Fatal(err)
+	// nft as a witness: the ruleset is readable, counts the traffic, and
+	// parses again with nft -f.
+	rules := inNS(t, topo, "host", "nft", "list", "ruleset")
+	if !strings.Contains(rules, `oifname "uplink0" ip saddr 192.168.1.0/24 counter packets`) || !strings.Contains(rules, "masquerade") {
+		t.Fatalf("nft list ruleset in host:\n%s", rules)
 	}
-	if len(rest) != 0 {
-		t.Fatalf("after running the exported script, kvmnet still plans %d changes: %v", len(rest), rest)
+	if strings.Contains(rules, "counter packets 0 ") {
+		t.Errorf("masquerade rule counted no packets:\n%s", rules)
 	}
-	ping(t, topo, "vm1", "192.168.20.13")
+	file := filepath.Join(t.TempDir(), "ruleset.nft")
+	os.WriteFile(file, []byte(rules), 0o644)
+	inNS(t, topo, "host", "nft", "-c", "-f", file)
+	if again := up(t, topo); again.Writes != 0 {
+		t.Fatalf("second up wrote %d: %v", again.Writes, again.Steps)
+	}
+	// Switching the mode to routed removes the table (and only it).
+	topo.Uplink.Mode = topology.ModeRouted
+	res := up(t, topo)
+	if len(res.Steps) != 1 || res.Steps[0].Op != plan.OpFirewall {
+		t.Fatalf("nat -> routed: steps %v", res.Steps)
+	}
+	if rules := inNS(t, topo, "host", "nft", "list", "ruleset"); strings.Contains(rules, "kvmnet") {
+		t.Fatalf("table kvmnet still there:\n%s", rules)
+	}
 }

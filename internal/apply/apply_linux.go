@@ -10,6 +10,7 @@ import (
 	"github.com/kvmnet/kvmnet/internal/link"
 	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/netns"
+	"github.com/kvmnet/kvmnet/internal/nft"
 	"github.com/kvmnet/kvmnet/internal/plan"
 )
 
@@ -205,6 +206,13 @@ func (e *Executor) run(s plan.Step) error {
 		e.forget(s.NS)
 		e.writes++
 		return netns.Delete(s.NS)
+	case plan.OpFirewall:
+		ns, err := e.ns(s.NS)
+		if err != nil {
+			return err
+		}
+		e.writes++
+		return nft.Apply(ns, s.Masq)
 	case plan.OpSysctl:
 		ns, err := e.ns(s.NS)
 		if err != nil {

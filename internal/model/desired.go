@@ -92,8 +92,44 @@ func Desired(t *topology.Topology) *State {
 			nsOf(u.Namespace).Sysctls[SysctlIPv4Forward] = "1"
 		}
 	}
+	// kvmnet manages the nftables table of every host namespace: NAT mode
+	// masquerades, behind the uplink, every IPv4 subnet the host reaches
+	// through its other interfaces (connected or routed); other modes want
+	// no table there.
+	for _, h := range t.NamespacesWithRole(topology.RoleHost) {
+		nsOf(h).Masquerade = []Masquerade{}
+	}
+	if u := t.Uplink; u != nil && u.Mode == topology.ModeNAT {
+		n := nsOf(u.Namespace)
+		seen := map[netip.Prefix]bool{}
+		for _, a := range n.Links[u.Name].Addrs {
+			seen[a.Masked()] = true // the uplink's own subnet needs no NAT
+		}
+		add := func(p netip.Prefix) {
+			if p = p.Masked(); p.Addr().Is4() && p.Bits() > 0 && !seen[p] {
+				seen[p] = true
+				n.Masquerade = append(n.Masquerade, Masquerade{OutIface: u.Name, Source: p})
+			}
+		}
+		for _, ln := range SortedNames(n.Links) {
+			if ln != u.Name {
+				for _, a := range n.Links[ln].Addrs {
+					add(a)
+				}
+			}
+		}
+		for _, r := range t.Namespace(u.Namespace).Routes {
+			if p, err := netip.ParsePrefix(r.To); err == nil {
+				add(p)
+			}
+		}
+		slices.SortFunc(n.Masquerade, CompareMasquerade)
+	}
 	for _, ns := range t.Namespaces {
 		n := nsOf(ns.Name)
+		if n.Masquerade == nil && ns.Role == topology.RoleHost {
+			n.Masquerade = []Masquerade{}
+		}
 		for _, r := range ns.Routes {
 			rt := &Route{Dev: r.Dev, Metric: r.Metric}
 			if r.Via != "" {

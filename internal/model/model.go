@@ -38,6 +38,9 @@ type Namespace struct {
 	Sysctls map[string]string
 	Links   map[string]*Link
 	Routes  map[string]*Route
+	// Masquerade is the NAT of kvmnet's nftables table, sorted; nil when
+	// the namespace has no kvmnet table.
+	Masquerade []Masquerade
 }
 
 // Link is one network interface.
@@ -158,4 +161,40 @@ func ParseMark(alias string) (id string, peer PeerRef, origin string, ok bool) {
 		}
 	}
 	return id, peer, origin, true
+}
+
+// Masquerade is one source-NAT rule: traffic from Source leaving through
+// OutIface gets the address of OutIface.
+type Masquerade struct {
+	OutIface string       `json:"out_iface"`
+	Source   netip.Prefix `json:"source"`
+}
+
+func (m Masquerade) String() string { return fmt.Sprintf("oif=%s saddr=%s", m.OutIface, m.Source) }
+
+// ParseMasquerade parses the String form.
+func ParseMasquerade(s string) (Masquerade, error) {
+	var m Masquerade
+	for _, f := range strings.Fields(s) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "oif":
+			m.OutIface = v
+		case "saddr":
+			p, err := netip.ParsePrefix(v)
+			if err != nil {
+				return m, err
+			}
+			m.Source = p
+		}
+	}
+	if m.OutIface == "" || !m.Source.IsValid() {
+		return m, fmt.Errorf("bad masquerade %q", s)
+	}
+	return m, nil
+}
+
+// CompareMasquerade orders masquerade rules canonically.
+func CompareMasquerade(a, b Masquerade) int {
+	return strings.Compare(a.String(), b.String())
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/kvmnet/kvmnet/internal/link"
 	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/netns"
+	"github.com/kvmnet/kvmnet/internal/nft"
 )
 
 // Workers bounds how many namespaces are read at once.
@@ -91,6 +92,11 @@ func one(name string, want *model.Namespace, id string) (*model.Namespace, error
 	obs, err := c.Observe()
 	if err != nil {
 		return nil, err
+	}
+	if want != nil && want.Masquerade != nil {
+		if obs.Masquerade, err = nft.Observe(ns); err != nil {
+			return nil, err
+		}
 	}
 	if want != nil && len(want.Sysctls) > 0 {
 		keys := model.SortedNames(want.Sysctls)

@@ -32,7 +32,7 @@ type differ struct {
 	done              map[string]bool // "ns/name" of veth ends already handled
 	errs              []error
 
-	createNS, sysctl, delLink, createLink, setLink, delAddr, addAddr, delRoute, addRoute, delNS []Step
+	createNS, sysctl, delLink, createLink, setLink, delAddr, addAddr, delRoute, addRoute, firewall, delNS []Step
 }
 
 func (d *differ) step(op Op, ns string) Step { return Step{Op: op, NS: ns, Network: d.net} }
@@ -67,7 +67,7 @@ func (d *differ) run() ([]Step, error) {
 	// Bridges before the veths that join them, moved NICs last.
 	slices.SortStableFunc(d.createLink, func(a, b Step) int { return kindRank(a) - kindRank(b) })
 	var out []Step
-	for _, part := range [][]Step{d.createNS, d.sysctl, d.delLink, d.createLink, d.setLink, d.addAddr, d.delAddr, d.delRoute, d.addRoute, d.delNS} {
+	for _, part := range [][]Step{d.createNS, d.sysctl, d.delLink, d.createLink, d.setLink, d.addAddr, d.delAddr, d.delRoute, d.addRoute, d.firewall, d.delNS} {
 		out = append(out, part...)
 	}
 	return out, nil
@@ -118,6 +118,11 @@ func (d *differ) namespace(want, have *model.Namespace) {
 		s := d.step(OpAddRoute, name)
 		s.Route, s.OldRoute = r, old
 		d.addRoute = append(d.addRoute, s)
+	}
+	if want.Masquerade != nil && !slices.Equal(want.Masquerade, have.Masquerade) && !(len(want.Masquerade) == 0 && have.Masquerade == nil) {
+		s := d.step(OpFirewall, name)
+		s.Masq, s.OldMasq = want.Masquerade, have.Masquerade
+		d.firewall = append(d.firewall, s)
 	}
 	for _, r := range sortedRoutes(have.Routes) {
 		if want.Routes[r.Key()] == nil {

@@ -28,6 +28,7 @@ const (
 	OpAddAddr      Op = "add-address"
 	OpDelRoute     Op = "delete-route"
 	OpAddRoute     Op = "add-route"
+	OpFirewall     Op = "write-nftables"
 	OpDeleteNS     Op = "delete-namespace"
 	OpReturnDevice Op = "return-device"
 )
@@ -53,6 +54,9 @@ type Step struct {
 	Key      string `json:"key,omitempty"`
 	Value    string `json:"value,omitempty"`
 	OldValue string `json:"old_value,omitempty"`
+	// Masq and OldMasq: OpFirewall writes kvmnet's nftables table whole.
+	Masq    []model.Masquerade `json:"masquerade,omitempty"`
+	OldMasq []model.Masquerade `json:"old_masquerade,omitempty"`
 	// Network is the owning network ID (for the marks of created objects).
 	Network string `json:"network"`
 }
@@ -76,6 +80,8 @@ func (s Step) Target() string {
 		return s.NS + " " + s.Key
 	case OpAddRoute, OpDelRoute:
 		return s.NS + " route " + s.Route.String()
+	case OpFirewall:
+		return s.NS + " nftables table kvmnet"
 	}
 	if s.Link != nil {
 		return s.NS + "/" + s.Link.Name
@@ -124,6 +130,15 @@ func (s Step) String() string {
 		return fmt.Sprintf("+ %s: route %s", s.NS, s.Route)
 	case OpDelRoute:
 		return fmt.Sprintf("- %s: route %s", s.NS, s.Route)
+	case OpFirewall:
+		if len(s.Masq) == 0 {
+			return fmt.Sprintf("- %s: nftables table kvmnet", s.NS)
+		}
+		parts := make([]string, len(s.Masq))
+		for i, m := range s.Masq {
+			parts[i] = m.Source.String() + " out " + m.OutIface
+		}
+		return fmt.Sprintf("~ %s: nftables table kvmnet: masquerade %s", s.NS, strings.Join(parts, ", "))
 	}
 	return string(s.Op)
 }
@@ -211,6 +226,8 @@ func (s Step) Inverse() (Step, error) {
 		}
 	case OpDelRoute:
 		inv.Op, inv.Route = OpAddRoute, s.Route
+	case OpFirewall:
+		inv.Op, inv.Masq, inv.OldMasq = OpFirewall, s.OldMasq, s.Masq
 	default:
 		return Step{}, ErrIrreversible
 	}

@@ -151,6 +151,8 @@ func stepCmds(network string, s plan.Step) []cmd {
 		return []cmd{c("route replace %s proto %d", routeArgs(s.Route), link.RouteProtocol)}
 	case plan.OpDelRoute:
 		return []cmd{c("route del %s proto %d", routeArgs(s.Route), link.RouteProtocol)}
+	case plan.OpFirewall:
+		return []cmd{{raw: fmt.Sprintf("ip netns exec %s nft -f - <<'EOF'\n%sEOF", ns, NFT(s.Masq))}}
 	}
 	return []cmd{{raw: "# unrenderable step: " + s.String()}}
 }
@@ -195,4 +197,20 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// NFT renders kvmnet's nftables table for masq in `nft -f` syntax: the same
+// table, chain, rules and comments that package nft writes over netlink.
+func NFT(masq []model.Masquerade) string {
+	var b strings.Builder
+	b.WriteString("table ip kvmnet\ndelete table ip kvmnet\n")
+	if len(masq) == 0 {
+		return b.String()
+	}
+	b.WriteString("table ip kvmnet {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
+	for _, m := range masq {
+		fmt.Fprintf(&b, "\t\toifname %q ip saddr %s counter masquerade comment %q\n", m.OutIface, m.Source, "kvmnet masquerade "+m.String())
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
 }
