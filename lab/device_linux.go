@@ -14,7 +14,7 @@ import (
 // that down can return it under that name.
 type hostDevices struct{}
 
-func rootNS() (*netns.NS, error) { return netns.OpenPath("root", "/proc/self/ns/net") }
+func rootNS() (*netns.NS, error) { return netns.Initial() }
 
 func (hostDevices) MoveIn(to *link.Conn, l *model.Link, mark string) error {
 	root, err := rootNS()

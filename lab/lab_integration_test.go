@@ -692,3 +692,71 @@ func TestNATUplink(t *testing.T) {
 		t.Fatalf("table kvmnet still there:\n%s", rules)
 	}
 }
+
+func TestMoveHostNIC(t *testing.T) {
+	topo := fixture(t, `
+name: realnic
+namespaces:
+  - {name: host, role: host}
+  - {name: bridge, role: bridge}
+  - {name: vm1, role: vm, routes: [{to: default, via: 192.168.1.1}]}
+bridges:
+  - {name: br0, namespace: bridge}
+links:
+  - endpoints:
+      - {namespace: host, name: eth0, addresses: [192.168.1.1/24]}
+      - {namespace: bridge, name: host, bridge: br0}
+  - endpoints:
+      - {namespace: vm1, name: eth0, addresses: [192.168.1.100/24]}
+      - {namespace: bridge, name: vm1, bridge: br0}
+uplink:
+  mode: nat
+  addresses: [203.0.113.1/24]
+  device: DEVICE
+`)
+	// The "physical NIC": a veth end in the root namespace whose other end
+	// is in a scratch namespace that plays the external switch. Both are this
+	// test's own; the root end gets a unique name.
+	ext := testutil.NewNS(t)
+	nic := "kvt" + strings.TrimSuffix(strings.TrimPrefix(topo.Prefix, "kt"), "-") + "n"
+	topo.Uplink.Device, topo.Uplink.Name = nic, "uplink0"
+	testutil.Run(t, "ip", "link", "add", nic, "type", "veth", "peer", "name", "eth0", "netns", ext.Name)
+	t.Cleanup(func() { testutil.Try("ip", "link", "del", nic) })
+	testutil.Run(t, "ip", "-n", ext.Name, "addr", "add", "203.0.113.254/24", "dev", "eth0")
+	testutil.Run(t, "ip", "-n", ext.Name, "link", "set", "eth0", "up")
+	mac := strings.Fields(strings.SplitN(testutil.Run(t, "ip", "-o", "link", "show", nic), "link/ether ", 2)[1])[0]
+
+	// Without the opt-in nothing is built.
+	_, err := Up(context.Background(), topo, testOpts(t)...)
+	if err == nil || !strings.Contains(err.Error(), "--move-host-nic") {
+		t.Fatalf("up without opt-in: %v", err)
+	}
+	if left := prefixedNamespaces(t, topo.Prefix); len(left) != 0 {
+		t.Fatalf("up without opt-in built %v", left)
+	}
+
+	up(t, topo, WithMoveHostNIC(true))
+	if out, _ := testutil.Try("ip", "link", "show", nic); !strings.Contains(out, "does not exist") {
+		t.Fatalf("%s is still in the root namespace", nic)
+	}
+	moved := testutil.Run(t, "ip", "-n", topo.NSName("host"), "-o", "link", "show", "uplink0")
+	if !strings.Contains(moved, mac) {
+		t.Fatalf("uplink0 in host is not the moved NIC (%s):\n%s", mac, moved)
+	}
+	ping(t, topo, "vm1", "203.0.113.254") // NAT out through the real NIC
+	if again := up(t, topo, WithMoveHostNIC(true)); again.Writes != 0 {
+		t.Fatalf("second up wrote %d: %v", again.Writes, again.Steps)
+	}
+
+	// down returns it under its own name, and it still reaches its switch.
+	if _, err := Down(context.Background(), topo, testOpts(t)...); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	back := testutil.Run(t, "ip", "-o", "link", "show", nic)
+	if !strings.Contains(back, mac) || !strings.Contains(back, "state UP") && !strings.Contains(back, ",UP") {
+		t.Fatalf("%s did not come back up in the root namespace:\n%s", nic, back)
+	}
+	if strings.Contains(back, "kvmnet:") {
+		t.Fatalf("%s still carries a kvmnet mark:\n%s", nic, back)
+	}
+}

@@ -52,17 +52,16 @@ func (c *Conn) Observe() (*model.Namespace, error) {
 		if owned {
 			l.Owner = id
 		}
-		switch nl.Type() {
-		case "bridge":
+		switch {
+		case origin != "":
+			l.Kind = model.KindDevice // a moved NIC, whatever its driver
+		case nl.Type() == "bridge":
 			l.Kind = model.KindBridge
-		case "veth":
+		case nl.Type() == "veth":
 			l.Kind = model.KindVeth
 			l.Peer = peer
 		default:
 			l.Kind = model.KindOther
-			if origin != "" {
-				l.Kind = model.KindDevice
-			}
 		}
 		l.Origin = origin
 		c.index[a.Name] = a.Index

@@ -301,3 +301,22 @@ func Exec(name, file string, argv []string) error {
 	}
 	return unix.Exec(path, argv, os.Environ())
 }
+
+// initial is the namespace the process started in, opened before any
+// goroutine could move a thread. (/proc/self/ns/net is not a substitute: it
+// follows the main thread, and Create may retire the main thread inside a new
+// namespace when the goroutine that made it happens to run there.)
+var initial, initialErr = os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+
+// Initial returns the namespace kvmnet was started in (the host's root
+// namespace, normally), open; close it when done.
+func Initial() (*NS, error) {
+	if initialErr != nil {
+		return nil, fmt.Errorf("open the initial namespace: %w", initialErr)
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", initial.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("open the initial namespace: %w", err)
+	}
+	return &NS{Name: "root", f: f}, nil
+}

@@ -247,12 +247,13 @@ func (d *differ) create(ns string, want *model.Link) {
 		d.addresses(want.Peer.NS, peer, nil)
 	}
 	d.createLink = append(d.createLink, s)
-	d.addresses(ns, want, nil)
-	// A moved NIC keeps its MAC and MTU unless the topology sets them, and
-	// comes in down: settle its attributes like an existing link's.
 	if want.Kind == model.KindDevice {
-		d.update(ns, want, &model.Link{Name: want.Name, Kind: model.KindDevice, MAC: want.MAC, MTU: want.MTU, Master: "", Up: false})
+		// A moved NIC keeps its MAC and MTU unless the topology sets them,
+		// and comes in down: settle it like an existing link.
+		d.update(ns, want, &model.Link{Name: want.Name, Kind: model.KindDevice, MAC: want.MAC, MTU: want.MTU, Up: false})
+		return
 	}
+	d.addresses(ns, want, nil)
 }
 
 // update emits the attribute and address changes that turn cur into want.
