@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kvmnet/kvmnet/internal/testutil"
+	"github.com/kvmnet/kvmnet/topology"
+)
+
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Main(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestValidateBadFile(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("name: x\nnamespaces:\n  - name: a\n    role: nope\n"), 0o644)
+	code, _, stderr := run(t, "validate", "-f", bad)
+	if code != ExitInvalid {
+		t.Fatalf("exit %d, want %d; stderr %s", code, ExitInvalid, stderr)
+	}
+	if !strings.Contains(stderr, bad+":4:11: namespaces[0].role: unknown role \"nope\"") {
+		t.Fatalf("stderr does not position the error:\n%s", stderr)
+	}
+}
+
+func TestInitWritesReferenceDesign(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.yaml")
+	if code, _, stderr := run(t, "init", path); code != 0 {
+		t.Fatalf("init: %d %s", code, stderr)
+	}
+	got, _ := os.ReadFile(path)
+	if string(got) != string(topology.DefaultYAML()) {
+		t.Fatal("init wrote something other than the reference design")
+	}
+	if code, _, stderr := run(t, "init", path); code == 0 || !strings.Contains(stderr, "already exists") {
+		t.Fatalf("init over an existing file: %d %s", code, stderr)
+	}
+	if code, out, _ := run(t, "validate", "-f", path); code != 0 || !strings.Contains(out, "valid") {
+		t.Fatalf("validate of init output: %d %s", code, out)
+	}
+}
+
+func TestUnknownOutputFormat(t *testing.T) {
+	code, _, stderr := run(t, "plan", "-o", "yaml")
+	if code == 0 || !strings.Contains(stderr, `unknown output format "yaml"`) && !strings.Contains(stderr, "needs root") {
+		t.Fatalf("%d %s", code, stderr)
+	}
+}
+
+func TestUpStatusPlanDown(t *testing.T) {
+	testutil.RequireRoot(t)
+	prefix := testutil.UniquePrefix(t)
+	state := t.TempDir()
+	common := []string{"--prefix", prefix, "--state-dir", state}
+	code, out, stderr := run(t, append([]string{"up"}, common...)...)
+	if code != 0 || !strings.Contains(out, "up "+prefix+"reference: ") {
+		t.Fatalf("up: %d\n%s\n%s", code, out, stderr)
+	}
+	code, out, _ = run(t, append([]string{"up", "-o", "json"}, common...)...)
+	var res struct{ Writes int }
+	if code != 0 || json.Unmarshal([]byte(out), &res) != nil || res.Writes != 0 {
+		t.Fatalf("second up -o json: %d %s", code, out)
+	}
+	code, out, _ = run(t, append([]string{"status", "-o", "json"}, common...)...)
+	var st struct {
+		InSync     bool `json:"in_sync"`
+		Namespaces []struct{ Name string }
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || !st.InSync || len(st.Namespaces) != 3 {
+		t.Fatalf("status -o json: %d %s", code, out)
+	}
+	code, out, _ = run(t, append([]string{"status"}, common...)...)
+	if code != 0 || !strings.Contains(out, "00:11:22:33:44:55") || !strings.Contains(out, "in sync") {
+		t.Fatalf("status: %s", out)
+	}
+	// Drift made by hand shows in status and plan.
+	testutil.Run(t, "ip", "-n", prefix+"vm1", "link", "set", "eth0", "mtu", "1400")
+	_, out, _ = run(t, append([]string{"status"}, common...)...)
+	if !strings.Contains(out, "DRIFT") || !strings.Contains(out, "mtu 1500 (was 1400)") {
+		t.Fatalf("status does not show drift:\n%s", out)
+	}
+	_, out, _ = run(t, append([]string{"plan", "-o", "sh"}, common...)...)
+	if !strings.Contains(out, "link set dev eth0 mtu 1500") {
+		t.Fatalf("plan -o sh:\n%s", out)
+	}
+	if code, out, stderr = run(t, append([]string{"down"}, common...)...); code != 0 {
+		t.Fatalf("down: %d %s %s", code, out, stderr)
+	}
+	journal, err := os.ReadFile(filepath.Join(state, prefix+"reference", "journal.jsonl"))
+	if err != nil || !strings.Contains(string(journal), `"command":"down"`) {
+		t.Fatalf("journal: %v\n%s", err, journal)
+	}
+}

@@ -1,0 +1,67 @@
+package model
+
+import (
+	"testing"
+
+	"github.com/kvmnet/kvmnet/topology"
+)
+
+func TestMarkRoundTrip(t *testing.T) {
+	for _, l := range []*Link{
+		nil,
+		{Kind: KindBridge},
+		{Kind: KindVeth, Peer: PeerRef{NS: "bridge", Name: "vm1"}},
+		{Kind: KindDevice, Origin: "eth0"},
+	} {
+		m := Mark("net1", l)
+		id, peer, origin, ok := ParseMark(m)
+		if !ok || id != "net1" {
+			t.Fatalf("ParseMark(%q) = %q, %v", m, id, ok)
+		}
+		if l != nil && (peer != l.Peer || origin != l.Origin) {
+			t.Errorf("ParseMark(%q) lost peer/origin: %v %q", m, peer, origin)
+		}
+	}
+	for _, foreign := range []string{"", "my uplink", "kvmnet:", "kvmnetx:y"} {
+		if _, _, _, ok := ParseMark(foreign); ok {
+			t.Errorf("ParseMark(%q) claims ownership", foreign)
+		}
+	}
+}
+
+func TestDesiredReference(t *testing.T) {
+	topo, err := topology.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Desired(topo)
+	vm := s.Namespaces["vm1"].Links["eth0"]
+	if vm.Peer != (PeerRef{NS: "bridge", Name: "vm1"}) || vm.MAC != "00:11:22:33:44:55" || vm.MTU != 1500 {
+		t.Fatalf("vm1/eth0 = %+v", vm)
+	}
+	if port := s.Namespaces["bridge"].Links["vm1"]; port.Master != "br0" || port.Peer != (PeerRef{NS: "vm1", Name: "eth0"}) {
+		t.Fatalf("bridge/vm1 = %+v", port)
+	}
+	// No IPv6 declared anywhere: IPv6 is off in every namespace.
+	for name, ns := range s.Namespaces {
+		if ns.Sysctls[SysctlIPv6DisableDefault] != "1" {
+			t.Errorf("%s: IPv6 not disabled", name)
+		}
+	}
+	if len(s.Namespaces["vm1"].Routes) != 2 {
+		t.Errorf("vm1 routes = %v", s.Namespaces["vm1"].Routes)
+	}
+	if s.Namespaces["host"].Masquerade == nil || len(s.Namespaces["host"].Masquerade) != 0 {
+		t.Errorf("host should want an empty kvmnet table (isolated), got %v", s.Namespaces["host"].Masquerade)
+	}
+}
+
+func TestMasqueradeRoundTrip(t *testing.T) {
+	m, err := ParseMasquerade("oif=uplink0 saddr=192.168.1.0/24")
+	if err != nil || m.String() != "oif=uplink0 saddr=192.168.1.0/24" {
+		t.Fatalf("%v %v", m, err)
+	}
+	if _, err := ParseMasquerade("oif=x"); err == nil {
+		t.Fatal("incomplete masquerade parsed")
+	}
+}
