@@ -182,7 +182,7 @@ func TestConflicts(t *testing.T) {
 	want := reference(t)
 	have := clone(want)
 	have.Namespaces["vm1"] = &model.Namespace{Name: "vm1"} // not ours
-	have.Namespaces["host"].Links["eth0"].Owner = ""     // a foreign link with our name
+	have.Namespaces["host"].Links["eth0"].Owner = ""       // a foreign link with our name
 	_, err := plan.Diff(want, have)
 	var ce *plan.ConflictError
 	if !errors.As(err, &ce) || !errors.Is(err, plan.ErrConflict) {
