@@ -64,6 +64,24 @@ func (c *errs) add(field, format string, args ...any) {
 	c.list = append(c.list, e)
 }
 
+// at names the place of another field for a message: "line 12" when the
+// topology came from a file, else the field path.
+func (c *errs) at(field string) string {
+	if line, _ := c.t.src.position(field); line > 0 {
+		return fmt.Sprintf("line %d", line)
+	}
+	return field
+}
+
+// given reports whether field is written in the file (rather than defaulted).
+func (c *errs) given(field string) bool {
+	if c.t.src == nil {
+		return true
+	}
+	_, ok := c.t.src.at[field]
+	return ok
+}
+
 func (c *errs) err() error {
 	if len(c.list) == 0 {
 		return nil

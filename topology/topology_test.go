@@ -2,7 +2,7 @@ package topology
 
 import (
 	"errors"
-	"strings"
+	"net"
 	"testing"
 )
 
@@ -19,8 +19,9 @@ func TestDefaultIsValid(t *testing.T) {
 	}
 	// Derived MACs are filled in for the bridge-side ports and are unicast, local.
 	port := topo.Links[1].Endpoints[1].MAC
-	if port == "" || !strings.HasPrefix(port, "") {
-		t.Fatalf("bridge port has no derived MAC")
+	hw, err := net.ParseMAC(port)
+	if err != nil || len(hw) != 6 || hw[0]&0x03 != 0x02 {
+		t.Fatalf("bridge port MAC %q is not a derived (locally administered unicast) MAC", port)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -19,6 +20,7 @@ const (
 	MinMTU       = 68
 	MaxMTU       = 65535
 	MaxAgeing    = 1000000
+	MaxMetric    = 1<<32 - 1
 )
 
 var (
@@ -41,6 +43,8 @@ func (t *Topology) Validate() error {
 	v.macs()
 	v.addresses()
 	v.routes()
+	v.segmentMTUs()
+	v.loops()
 	return c.err()
 }
 
@@ -83,14 +87,18 @@ func (v *validator) namespaces() {
 		case ns.Name == "":
 			v.c.add(f+".name", "the namespace needs a name")
 		case len(full) > MaxNSNameLen:
-			v.c.add(f+".name", "%q (with prefix) is %d bytes long; at most %d", full, len(full), MaxNSNameLen)
+			if v.t.Prefix != "" {
+				v.c.add(f+".name", "namespace name %q (with the prefix) is %d bytes long; at most %d", full, len(full), MaxNSNameLen)
+			} else {
+				v.c.add(f+".name", "namespace name %q is %d bytes long; at most %d", full, len(full), MaxNSNameLen)
+			}
 		case !nsRe.MatchString(ns.Name):
 			v.c.add(f+".name", "%q: use letters, digits, '.', '-' and '_' only (no '/', ':' or spaces)", ns.Name)
 		case seen[ns.Name] != "":
-			v.c.add(f+".name", "namespace %q is already declared at %s", ns.Name, seen[ns.Name])
+			v.c.add(f+".name", "namespace %q is already declared at %s", ns.Name, v.c.at(seen[ns.Name]))
 		default:
-			seen[ns.Name] = f
-			v.ifaces[ns.Name] = map[string]string{"lo": "(the loopback device)"}
+			seen[ns.Name] = f + ".name"
+			v.ifaces[ns.Name] = map[string]string{"lo": ""}
 		}
 		if !slices.Contains(Roles, ns.Role) {
 			v.c.add(f+".role", "unknown role %q; want one of %s", ns.Role, joinQuoted(Roles))
@@ -104,7 +112,7 @@ func (v *validator) namespaces() {
 			kf := f + ".sysctls." + Key(k)
 			switch {
 			case !sysctlRe.MatchString(k) || strings.Contains(k, ".."):
-				v.c.add(kf, "sysctl %q is not a per-namespace net.* key", k)
+				v.c.add(kf, "sysctl %q is not a per-namespace key; only net.* sysctls (e.g. net.ipv4.ip_forward) can be set in a namespace", k)
 			case strings.TrimSpace(ns.Sysctls[k]) == "":
 				v.c.add(kf, "sysctl %q needs a value", k)
 			}
@@ -123,7 +131,11 @@ func (v *validator) iface(ns, name, f string) {
 		return // the namespace itself is reported
 	}
 	if prev, ok := m[name]; ok {
-		v.c.add(f, "interface %q is already declared in namespace %q at %s", name, ns, prev)
+		if prev == "" {
+			v.c.add(f, "%q is the loopback device every namespace has; pick another name", name)
+		} else {
+			v.c.add(f, "interface %q is already declared in namespace %q at %s", name, ns, v.c.at(prev))
+		}
 		return
 	}
 	m[name] = f
@@ -151,7 +163,7 @@ func CheckIfName(name string) string {
 
 func (v *validator) nsRef(ns, f string) bool {
 	if ns == "" {
-		v.c.add(f, "name the namespace")
+		v.c.add(f, "say which namespace this is in (namespace: NAME)")
 		return false
 	}
 	if v.t.Namespace(ns) == nil {
@@ -170,10 +182,16 @@ func (v *validator) mtu(mtu int, f string) {
 func (v *validator) bridges() {
 	for i, b := range v.t.Bridges {
 		f := fmt.Sprintf("bridges[%d]", i)
-		if v.nsRef(b.Namespace, f+".namespace") {
+		switch {
+		case b.Name == "":
+			v.c.add(f+".name", "the bridge needs a name")
+			v.nsRef(b.Namespace, f+".namespace")
+		case v.nsRef(b.Namespace, f+".namespace"):
 			v.iface(b.Namespace, b.Name, f+".name")
-		} else if msg := CheckIfName(b.Name); msg != "" {
-			v.c.add(f+".name", "%s", msg)
+		default:
+			if msg := CheckIfName(b.Name); msg != "" {
+				v.c.add(f+".name", "%s", msg)
+			}
 		}
 		v.mtu(b.MTU, f+".mtu")
 		if b.AgeingTime != nil && (*b.AgeingTime < 0 || *b.AgeingTime > MaxAgeing) {
@@ -191,20 +209,39 @@ func (v *validator) endpoint(e Endpoint, f string) {
 	}
 	v.iface(e.Namespace, e.Name, f+".name")
 	if e.Bridge != "" {
-		if v.t.Bridge(e.Namespace, e.Bridge) == nil {
-			v.c.add(f+".bridge", "bridge %q is not declared in namespace %q", e.Bridge, e.Namespace)
-		}
+		v.bridgeRef(e.Namespace, e.Bridge, f+".bridge")
 		if len(e.Addresses) > 0 {
 			v.c.add(f+".addresses", "%q is a port of bridge %q and cannot hold addresses; put them on the bridge", e.Name, e.Bridge)
 		}
 	}
 }
 
+// bridgeRef checks that bridge name is declared in namespace ns, where an
+// interface of ns can be its port.
+func (v *validator) bridgeRef(ns, name, f string) {
+	if v.t.Bridge(ns, name) != nil {
+		return
+	}
+	for _, b := range v.t.Bridges {
+		if b.Name == name {
+			v.c.add(f, "bridge %q is in namespace %q, not %q; a bridge can only enslave interfaces of its own namespace, so join it with a link (veth pair) whose other end is in %q",
+				name, b.Namespace, ns, b.Namespace)
+			return
+		}
+	}
+	v.c.add(f, "bridge %q is not declared (add it under bridges, in namespace %q)", name, ns)
+}
+
 func (v *validator) links() {
 	for i, l := range v.t.Links {
 		f := fmt.Sprintf("links[%d]", i)
 		if len(l.Endpoints) != 2 {
-			v.c.add(f+".endpoints", "a link is a veth pair and has exactly 2 endpoints, found %d", len(l.Endpoints))
+			hint := ""
+			if len(l.Endpoints) > 2 {
+				hint = "; to join more namespaces, link each of them to a bridge"
+			}
+			v.c.add(f+".endpoints", "a link is a veth pair and has exactly 2 endpoints, found %d%s", len(l.Endpoints), hint)
+			v.mtu(l.MTU, f+".mtu")
 			continue
 		}
 		for j, e := range l.Endpoints {
@@ -228,8 +265,24 @@ func (v *validator) uplink() {
 		return
 	}
 	if u.Mode == ModeIsolated {
-		if u.Device != "" || u.Peer != nil || len(u.Addresses) > 0 || u.Bridge != "" {
-			v.c.add(f+".mode", "an isolated network has no uplink; remove device, peer, bridge and addresses or pick another mode")
+		mode := "mode isolated"
+		if !v.c.given(f + ".mode") {
+			mode = "without a mode, the uplink is isolated and"
+		}
+		for _, x := range []struct {
+			key string
+			set bool
+		}{
+			{"name", u.Name != ""},
+			{"mac", u.MAC != ""},
+			{"addresses", len(u.Addresses) > 0},
+			{"bridge", u.Bridge != ""},
+			{"device", u.Device != ""},
+			{"peer", u.Peer != nil},
+		} {
+			if x.set {
+				v.c.add(f+"."+x.key, "%s builds no uplink NIC, so %s has no effect; remove it or set mode to routed, nat or bridge", mode, x.key)
+			}
 		}
 		return
 	}
@@ -246,12 +299,16 @@ func (v *validator) uplink() {
 	case u.Device != "" && u.Peer != nil:
 		v.c.add(f+".device", "give either device or peer, not both")
 	}
+	badDevice := false
 	if u.Device != "" {
 		if msg := CheckIfName(u.Device); msg != "" {
 			v.c.add(f+".device", "%s", msg)
+			badDevice = true
 		}
 	}
-	v.iface(u.Namespace, u.Name, f+".name")
+	if !badDevice || u.Name != u.Device {
+		v.iface(u.Namespace, u.Name, f+".name")
+	}
 	if u.Peer != nil {
 		v.endpoint(*u.Peer, f+".peer")
 		if u.Peer.Namespace == u.Namespace {
@@ -262,15 +319,15 @@ func (v *validator) uplink() {
 	case ModeBridge:
 		if u.Bridge == "" {
 			v.c.add(f+".bridge", "mode bridge needs the bridge in namespace %q that the uplink joins", u.Namespace)
-		} else if v.t.Bridge(u.Namespace, u.Bridge) == nil {
-			v.c.add(f+".bridge", "bridge %q is not declared in namespace %q", u.Bridge, u.Namespace)
+		} else {
+			v.bridgeRef(u.Namespace, u.Bridge, f+".bridge")
 		}
 		if len(u.Addresses) > 0 {
 			v.c.add(f+".addresses", "in mode bridge the uplink is a bridge port and cannot hold addresses; put them on bridge %q", u.Bridge)
 		}
 	case ModeRouted, ModeNAT:
 		if u.Bridge != "" {
-			v.c.add(f+".bridge", "only mode bridge puts the uplink in a bridge")
+			v.c.add(f+".bridge", "only mode bridge puts the uplink in a bridge; mode %s routes through it", u.Mode)
 		}
 		if len(u.Addresses) == 0 {
 			v.c.add(f+".addresses", "mode %s needs an address on the uplink to route through", u.Mode)
@@ -295,7 +352,7 @@ func (v *validator) macs() {
 			return
 		}
 		if prev, ok := seen[hw.String()]; ok {
-			v.c.add(f, "MAC %s is already used at %s; two interfaces with one MAC cause ARP conflicts", hw, prev)
+			v.c.add(f, "MAC %s is already used at %s; two interfaces with one MAC cause ARP conflicts", hw, v.c.at(prev))
 			return
 		}
 		seen[hw.String()] = f
@@ -366,7 +423,7 @@ func (v *validator) addresses() {
 		p, err := netip.ParsePrefix(a)
 		switch {
 		case err != nil:
-			v.c.add(f, "%q is not an address in CIDR form (want e.g. 192.168.1.100/24 or 2001:db8::1/64)", a)
+			v.c.add(f, "%s", cidrProblem(a))
 			return
 		case p.Addr().Is4In6() || p.Addr().Zone() != "":
 			v.c.add(f, "%q: use a plain IPv4 or IPv6 address", a)
@@ -376,6 +433,10 @@ func (v *validator) addresses() {
 			return
 		case p.Addr().IsMulticast() || p.Addr().IsUnspecified() || p.Addr().IsLoopback():
 			v.c.add(f, "%s is not a unicast host address", p.Addr())
+			return
+		}
+		if p.Addr().Is6() && p.Bits() < 127 && p.Addr() == p.Masked().Addr() {
+			v.c.add(f, "%s is the subnet-router anycast address of %s; pick a host address", p.Addr(), p.Masked())
 			return
 		}
 		if p.Addr().Is4() && p.Bits() < 31 {
@@ -393,24 +454,60 @@ func (v *validator) addresses() {
 
 	seg := v.t.Segments()
 	seenIP := map[netip.Addr]addrDecl{}
-	for i, d := range decls {
+	// One entry per distinct (subnet, segment) pair: comparing each address
+	// with these, not with every earlier address, keeps this linear in the
+	// number of addresses (1000 endpoints on one subnet are one entry).
+	type subnetOn struct {
+		subnet netip.Prefix
+		seg    string
+		first  addrDecl
+	}
+	var subnets []subnetOn
+	known := map[[2]string]bool{}
+	for _, d := range decls {
 		if prev, ok := seenIP[d.prefix.Addr()]; ok {
-			v.c.add(d.field, "address %s is already assigned at %s", d.prefix.Addr(), prev.field)
+			v.c.add(d.field, "address %s is already assigned to %q in namespace %q at %s; duplicate addresses cause ARP conflicts",
+				d.prefix.Addr(), prev.iface, prev.ns, v.c.at(prev.field))
 			continue
 		}
 		seenIP[d.prefix.Addr()] = d
-		for _, o := range decls[:i] {
-			if o.prefix.Addr() == d.prefix.Addr() {
-				continue
-			}
-			sd, so := seg.Of(d.ns, d.iface), seg.Of(o.ns, o.iface)
-			if sd != so && d.prefix.Overlaps(o.prefix) {
-				v.c.add(d.field, "subnet %s overlaps %s of %s/%s (at %s), which is on a different L2 segment",
-					d.prefix.Masked(), o.prefix.Masked(), o.ns, o.iface, o.field)
+		sd := seg.Of(d.ns, d.iface)
+		key := [2]string{d.prefix.Masked().String(), sd}
+		if known[key] {
+			continue
+		}
+		clash := false
+		for _, o := range subnets {
+			if o.seg != sd && d.prefix.Overlaps(o.subnet) {
+				v.c.add(d.field, "subnet %s overlaps %s of %q in namespace %q (%s), which is on a different L2 segment; give each segment its own subnet",
+					d.prefix.Masked(), o.subnet, o.first.iface, o.first.ns, v.c.at(o.first.field))
+				clash = true
 				break
 			}
 		}
+		if !clash {
+			known[key] = true
+			subnets = append(subnets, subnetOn{subnet: d.prefix.Masked(), seg: sd, first: d})
+		}
 	}
+}
+
+// cidrProblem says why a is not an address in CIDR form.
+func cidrProblem(a string) string {
+	addr, bits, found := strings.Cut(a, "/")
+	ip, err := netip.ParseAddr(addr)
+	switch {
+	case a == "":
+		return "the address is empty (want e.g. 192.168.1.100/24 or 2001:db8::1/64)"
+	case err != nil:
+		return fmt.Sprintf("%q is not an IP address in CIDR form (want e.g. 192.168.1.100/24 or 2001:db8::1/64)", a)
+	case !found:
+		return fmt.Sprintf("%s has no prefix length; write it in CIDR form, e.g. %s/%d", a, ip, map[bool]int{true: 24, false: 64}[ip.Is4()])
+	}
+	if n, err := strconv.Atoi(bits); err == nil && n > ip.BitLen() && ip.BitLen() > 0 {
+		return fmt.Sprintf("prefix length /%d is too long for an IPv%d address (at most /%d)", n, map[bool]int{true: 4, false: 6}[ip.Is4()], ip.BitLen())
+	}
+	return fmt.Sprintf("%q is not an address in CIDR form (want e.g. 192.168.1.100/24 or 2001:db8::1/64)", a)
 }
 
 func broadcast(p netip.Prefix) netip.Addr {
@@ -421,87 +518,296 @@ func broadcast(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
+// ifRef names an interface in a namespace.
+type ifRef struct{ ns, name string }
+
+// ifAddr is an address of one interface, for route checks.
+type ifAddr struct {
+	iface  string
+	prefix netip.Prefix
+}
+
 func (v *validator) routes() {
-	// Connected subnets per namespace, and interfaces per namespace.
-	connected := map[string][]netip.Prefix{}
-	own := map[string]map[netip.Addr]bool{}
-	v.t.eachAddress(func(ns, _, _, a string) {
+	// Addresses per namespace, and every address of the topology.
+	addrs := map[string][]ifAddr{}
+	assigned := map[netip.Addr][]ifRef{} // address -> the interfaces holding it
+	v.t.eachAddress(func(ns, iface, _, a string) {
 		if p, err := netip.ParsePrefix(a); err == nil {
-			connected[ns] = append(connected[ns], p.Masked())
-			if own[ns] == nil {
-				own[ns] = map[netip.Addr]bool{}
-			}
-			own[ns][p.Addr()] = true
+			addrs[ns] = append(addrs[ns], ifAddr{iface, p})
+			assigned[p.Addr()] = append(assigned[p.Addr()], ifRef{ns, iface})
 		}
 	})
+	// Bridge ports per namespace: routes must use the bridge, not its port.
+	ports := map[string]map[string]string{}
+	v.eachEndpoint(func(e Endpoint, _ string) {
+		if e.Bridge != "" {
+			if ports[e.Namespace] == nil {
+				ports[e.Namespace] = map[string]string{}
+			}
+			ports[e.Namespace][e.Name] = e.Bridge
+		}
+	})
+	seg := v.t.Segments()
+	// A segment that a real NIC joins reaches hosts kvmnet does not know.
+	external := map[string]bool{}
+	if u := v.t.Uplink; u != nil && u.Mode != ModeIsolated && u.Device != "" {
+		external[seg.Of(u.Namespace, u.Name)] = true
+	}
 	for i, ns := range v.t.Namespaces {
 		seen := map[string]string{}
 		for j, r := range ns.Routes {
 			f := fmt.Sprintf("namespaces[%d].routes[%d]", i, j)
-			var dst netip.Prefix
-			if r.To == "default" {
-				dst = netip.Prefix{}
-			} else {
-				p, err := netip.ParsePrefix(r.To)
-				if err != nil {
-					v.c.add(f+".to", "%q is neither \"default\" nor a prefix in CIDR form", r.To)
-					continue
-				}
-				if p != p.Masked() {
-					v.c.add(f+".to", "%s has host bits set; did you mean %s?", p, p.Masked())
-					continue
-				}
-				dst = p
+			dst, ok := v.routeDst(r.To, f+".to")
+			if !ok {
+				continue
 			}
-			if r.Metric < 0 {
-				v.c.add(f+".metric", "metric %d is negative", r.Metric)
+			if r.Metric < 0 || r.Metric > MaxMetric {
+				v.c.add(f+".metric", "metric %d is out of range 0..%d", r.Metric, MaxMetric)
 			}
 			if r.Via == "" && r.Dev == "" {
 				v.c.add(f, "a route needs a gateway (via) or an interface (dev)")
 			}
+			devOK := false
 			if r.Dev != "" {
-				if _, ok := v.ifaces[ns.Name][r.Dev]; !ok || r.Dev == "lo" {
+				switch _, declared := v.ifaces[ns.Name][r.Dev]; {
+				case !declared || r.Dev == "lo":
 					v.c.add(f+".dev", "interface %q is not declared in namespace %q", r.Dev, ns.Name)
+				case ports[ns.Name][r.Dev] != "":
+					v.c.add(f+".dev", "%q is a port of bridge %q; route through the bridge (dev: %s)", r.Dev, ports[ns.Name][r.Dev], ports[ns.Name][r.Dev])
+				default:
+					devOK = true
 				}
 			}
 			if r.Via != "" {
-				gw, err := netip.ParseAddr(r.Via)
-				switch {
-				case err != nil:
-					v.c.add(f+".via", "%q is not an IP address", r.Via)
-				case dst.IsValid() && dst.Addr().Is4() != gw.Is4():
-					v.c.add(f+".via", "gateway %s and destination %s are different address families", gw, dst)
-				case own[ns.Name][gw]:
-					v.c.add(f+".via", "gateway %s is this namespace's own address", gw)
-				case !inAny(gw, connected[ns.Name]):
-					v.c.add(f+".via", "gateway %s is outside every subnet of namespace %q%s", gw, ns.Name, subnetsHint(connected[ns.Name]))
-				}
+				v.routeVia(r, dst, ns.Name, f+".via", devOK, addrs[ns.Name], assigned, seg, external)
 			}
-			fam := "4"
-			if dst.IsValid() && dst.Addr().Is6() {
-				fam = "6"
-			} else if !dst.IsValid() {
+			// One destination per family and metric: "default" is 0.0.0.0/0 or ::/0.
+			if !dst.IsValid() {
+				dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 				if gw, err := netip.ParseAddr(r.Via); err == nil && gw.Is6() {
-					fam = "6"
+					dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 				}
 			}
-			key := fmt.Sprintf("%s/%s/%d", fam, r.To, r.Metric)
+			key := fmt.Sprintf("%s/%d", dst, r.Metric)
 			if prev, ok := seen[key]; ok {
-				v.c.add(f+".to", "route to %s (metric %d) is already declared at %s", r.To, r.Metric, prev)
+				what := "a route to " + dst.String()
+				if dst.Bits() == 0 {
+					what = "an IPv4 default route"
+					if dst.Addr().Is6() {
+						what = "an IPv6 default route"
+					}
+				}
+				v.c.add(f+".to", "%s with metric %d is already declared at %s", what, r.Metric, v.c.at(prev))
 			} else {
-				seen[key] = f
+				seen[key] = f + ".to"
 			}
 		}
 	}
 }
 
-func inAny(a netip.Addr, ps []netip.Prefix) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
+// routeDst parses a route destination: a prefix, or "default" (the invalid
+// prefix).
+func (v *validator) routeDst(to, f string) (netip.Prefix, bool) {
+	switch to {
+	case "default":
+		return netip.Prefix{}, true
+	case "":
+		v.c.add(f, "the route needs a destination (to): a prefix in CIDR form, or \"default\"")
+		return netip.Prefix{}, false
+	}
+	p, err := netip.ParsePrefix(to)
+	if err != nil {
+		v.c.add(f, "%q is neither \"default\" nor a prefix in CIDR form (e.g. 10.0.0.0/24)", to)
+		return p, false
+	}
+	if p.Addr().Zone() != "" || p.Addr().Is4In6() {
+		v.c.add(f, "%q: use a plain IPv4 or IPv6 prefix", to)
+		return p, false
+	}
+	if p != p.Masked() {
+		v.c.add(f, "%s has host bits set; did you mean %s?", p, p.Masked())
+		return p, false
+	}
+	return p, true
+}
+
+// routeVia checks the gateway of route r in namespace ns: an address of the
+// destination's family, on a subnet of the namespace (of dev, when given),
+// that is not the namespace's own and that something on that segment holds.
+func (v *validator) routeVia(r Route, dst netip.Prefix, ns, f string, devOK bool, own []ifAddr,
+	assigned map[netip.Addr][]ifRef, seg *Segments, external map[string]bool,
+) {
+	gw, err := netip.ParseAddr(r.Via)
+	switch {
+	case err != nil || gw.Zone() != "":
+		v.c.add(f, "%q is not an IP address", r.Via)
+		return
+	case gw.Is4In6():
+		v.c.add(f, "%s: use a plain IPv4 or IPv6 address", gw)
+		return
+	case dst.IsValid() && dst.Addr().Is4() != gw.Is4():
+		v.c.add(f, "gateway %s and destination %s are different address families", gw, dst)
+		return
+	case !gw.IsGlobalUnicast() && !gw.IsLinkLocalUnicast() && !gw.IsPrivate():
+		v.c.add(f, "gateway %s is not a unicast address", gw)
+		return
+	case gw.Is6() && gw.IsLinkLocalUnicast():
+		// fe80::/10 addresses are the kernel's; a router's is fine with dev.
+		if r.Dev == "" {
+			v.c.add(f, "gateway %s is IPv6 link-local; name the interface it is reached through (dev)", gw)
+		}
+		return
+	}
+	var on []ifAddr // the namespace's subnets that hold the gateway
+	for _, a := range own {
+		if a.prefix.Addr() == gw {
+			v.c.add(f, "gateway %s is this namespace's own address (on %q); a gateway is a neighbour's address", gw, a.iface)
+			return
+		}
+		if a.prefix.Contains(gw) && (r.Dev == "" || a.iface == r.Dev) {
+			on = append(on, a)
 		}
 	}
-	return false
+	if len(on) == 0 {
+		if r.Dev != "" && devOK {
+			var subnets []netip.Prefix
+			for _, a := range own {
+				if a.iface == r.Dev {
+					subnets = append(subnets, a.prefix.Masked())
+				}
+			}
+			v.c.add(f, "gateway %s is outside every subnet of interface %q%s", gw, r.Dev, subnetsHint(subnets))
+			return
+		}
+		if r.Dev == "" {
+			subnets := make([]netip.Prefix, len(own))
+			for i, a := range own {
+				subnets[i] = a.prefix.Masked()
+			}
+			v.c.add(f, "gateway %s is outside every subnet of namespace %q%s", gw, ns, subnetsHint(subnets))
+		}
+		return
+	}
+	for _, a := range on {
+		if p := a.prefix; p.Addr().Is4() && p.Bits() < 31 && (gw == p.Masked().Addr() || gw == broadcast(p)) {
+			v.c.add(f, "gateway %s is the network or broadcast address of %s", gw, p.Masked())
+			return
+		}
+	}
+	// Someone on the segment must hold the gateway address, unless the
+	// segment reaches outside through a real NIC.
+	for _, a := range on {
+		id := seg.Of(ns, a.iface)
+		if external[id] {
+			return
+		}
+		for _, h := range assigned[gw] {
+			if seg.Of(h.ns, h.name) == id {
+				return
+			}
+		}
+	}
+	v.c.add(f, "gateway %s is not assigned to any interface on the L2 segment of %q, so nothing would answer for it; assign it (usually to the host) or fix the address", gw, on[0].iface)
+}
+
+// eachEndpoint visits every link end and the uplink's peer with its field path.
+func (v *validator) eachEndpoint(fn func(e Endpoint, f string)) {
+	for i, l := range v.t.Links {
+		for j, e := range l.Endpoints {
+			fn(e, fmt.Sprintf("links[%d].endpoints[%d]", i, j))
+		}
+	}
+	if u := v.t.Uplink; u != nil && u.Mode != ModeIsolated && u.Peer != nil {
+		fn(*u.Peer, "uplink.peer")
+	}
+}
+
+// segmentMTUs checks that every link on one L2 segment has the same MTU, and
+// that a bridge's own MTU does not exceed its ports'. A bridge forwards a
+// frame only if it fits the egress port, and sends no ICMP when it drops one,
+// so a mismatch is a silent black hole for large packets.
+func (v *validator) segmentMTUs() {
+	seg := v.t.Segments()
+	type first struct {
+		mtu   int
+		field string
+	}
+	firsts := map[string]first{}
+	valid := func(m int) bool { return m >= MinMTU && m <= MaxMTU }
+	for i, l := range v.t.Links {
+		if len(l.Endpoints) != 2 || !valid(l.MTU) {
+			continue
+		}
+		f := fmt.Sprintf("links[%d]", i)
+		id := seg.Of(l.Endpoints[0].Namespace, l.Endpoints[0].Name)
+		prev, ok := firsts[id]
+		if !ok {
+			firsts[id] = first{l.MTU, f}
+			continue
+		}
+		if prev.mtu != l.MTU {
+			v.c.add(f+".mtu", "MTU %d%s differs from MTU %d%s of the link at %s on the same L2 segment; frames larger than %d bytes would be dropped silently, so give every link of a segment one MTU",
+				l.MTU, v.defaulted(f+".mtu"), prev.mtu, v.defaulted(prev.field+".mtu"), v.c.at(prev.field), min(l.MTU, prev.mtu))
+		}
+	}
+	// The uplink's veth (peer) always has the default MTU: the format has no
+	// uplink MTU yet.
+	if u := v.t.Uplink; u != nil && u.Mode != ModeIsolated && u.Peer != nil {
+		if prev, ok := firsts[seg.Of(u.Namespace, u.Name)]; ok && prev.mtu != DefaultMTU {
+			v.c.add("uplink.peer", "the uplink's veth has MTU %d (the uplink's MTU cannot be set), but the link at %s on the same L2 segment has MTU %d; frames larger than %d bytes would be dropped silently",
+				DefaultMTU, v.c.at(prev.field), prev.mtu, min(DefaultMTU, prev.mtu))
+		}
+	}
+	for i, b := range v.t.Bridges {
+		if !valid(b.MTU) {
+			continue
+		}
+		f := fmt.Sprintf("bridges[%d]", i)
+		if prev, ok := firsts[seg.Of(b.Namespace, b.Name)]; ok && b.MTU > prev.mtu {
+			v.c.add(f+".mtu", "bridge MTU %d is larger than the MTU %d%s of its ports (the link at %s); frames the bridge sends would be dropped at its ports, so raise the links' mtu too",
+				b.MTU, prev.mtu, v.defaulted(prev.field+".mtu"), v.c.at(prev.field))
+		}
+	}
+}
+
+// defaulted says " (the default)" for an MTU field the file does not give.
+func (v *validator) defaulted(field string) string {
+	if v.c.given(field) {
+		return ""
+	}
+	return " (the default)"
+}
+
+// loops reports links that close a loop between bridges, which floods the
+// segment with copies of every broadcast unless STP blocks a port.
+func (v *validator) loops() {
+	s := &Segments{parent: map[string]string{}}
+	edge := func(a, b Endpoint, f string) {
+		if a.Bridge == "" || b.Bridge == "" {
+			return
+		}
+		ba, bb := v.t.Bridge(a.Namespace, a.Bridge), v.t.Bridge(b.Namespace, b.Bridge)
+		if ba == nil || bb == nil {
+			return
+		}
+		ka, kb := ifKey(a.Namespace, a.Bridge), ifKey(b.Namespace, b.Bridge)
+		if s.find(ka) != s.find(kb) {
+			s.union(ka, kb)
+			return
+		}
+		if !ba.STP || !bb.STP {
+			v.c.add(f, "this link closes a loop between bridge %q in %q and bridge %q in %q, which are already connected: without STP every broadcast circulates forever (a broadcast storm); remove the link or set stp: true on both bridges",
+				a.Bridge, a.Namespace, b.Bridge, b.Namespace)
+		}
+	}
+	for i, l := range v.t.Links {
+		if len(l.Endpoints) == 2 {
+			edge(l.Endpoints[0], l.Endpoints[1], fmt.Sprintf("links[%d]", i))
+		}
+	}
+	if u := v.t.Uplink; u != nil && u.Mode == ModeBridge && u.Peer != nil {
+		edge(Endpoint{Namespace: u.Namespace, Name: u.Name, Bridge: u.Bridge}, *u.Peer, "uplink.peer")
+	}
 }
 
 func subnetsHint(ps []netip.Prefix) string {
