@@ -31,7 +31,7 @@ func (hostDevices) MoveIn(to *link.Conn, l *model.Link, mark string) error {
 	if err != nil {
 		return fmt.Errorf("host NIC %q: %w", l.Origin, err)
 	}
-	if _, _, _, owned := model.ParseMark(alias); owned {
+	if _, owned := model.ParseMark(alias); owned {
 		return fmt.Errorf("host NIC %q is already marked by kvmnet (%q)", l.Origin, alias)
 	}
 	if err := rc.SetUp(l.Origin, false); err != nil {

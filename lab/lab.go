@@ -29,6 +29,7 @@ type options struct {
 	stateDir    string
 	moveHostNIC bool
 	force       bool
+	deep        bool
 	beforeStep  func(plan.Step) error
 }
 
@@ -45,6 +46,12 @@ func WithMoveHostNIC(allow bool) Option { return func(o *options) { o.moveHostNI
 // WithForce lets Down delete namespaces that hold interfaces kvmnet did not
 // create (they are destroyed with the namespace).
 func WithForce(force bool) Option { return func(o *options) { o.force = force } }
+
+// WithDeep makes Up and Plan read every sysctl back from /proc/sys instead of
+// trusting the namespace mark that records the sysctls kvmnet applied (a
+// sysctl changed by hand behind kvmnet's back is then found and reset).
+// Status always reads deeply.
+func WithDeep(deep bool) Option { return func(o *options) { o.deep = deep } }
 
 func build(opts []Option) *options {
 	o := &options{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
@@ -74,7 +81,7 @@ func (r *Result) Summary(verb string) string {
 // Plan returns the steps Up would take, without changing anything.
 func Plan(ctx context.Context, t *topology.Topology, opts ...Option) ([]plan.Step, error) {
 	desired := model.Desired(t)
-	observed, err := observe.Network(desired, t.Prefix)
+	observed, err := observe.Network(desired, t.Prefix, observe.Deep(build(opts).deep))
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +120,7 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 	if err := store.Lock(30 * time.Second); err != nil {
 		return nil, err
 	}
-	observed, err := observe.Network(desired, prefix)
+	observed, err := observe.Network(desired, prefix, observe.Deep(o.deep))
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +166,7 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 		return res, err
 	}
 	// Verify: the kernel must now match exactly.
-	again, err := observe.Network(desired, prefix)
+	again, err := observe.Network(desired, prefix, observe.Deep(o.deep))
 	if err == nil {
 		var rest []plan.Step
 		rest, err = plan.Diff(desired, again)
@@ -224,7 +231,7 @@ func foreignInside(observed *model.State, id string) error {
 // Observe returns the kernel's view of network t (what kvmnet owns plus any
 // conflicting namespaces), for status and diagnose.
 func Observe(ctx context.Context, t *topology.Topology) (*model.State, error) {
-	return observe.Network(model.Desired(t), t.Prefix)
+	return observe.Network(model.Desired(t), t.Prefix, true)
 }
 
 // withBeforeStep injects a hook run before every kernel step (tests use it

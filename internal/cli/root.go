@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 
@@ -36,6 +37,15 @@ type globals struct {
 
 // Main runs the CLI with args and returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
+	// KVMNET_CPUPROFILE=FILE writes a CPU profile of the command (for
+	// docs/benchmarks.md investigations).
+	if p := os.Getenv("KVMNET_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	root, g := Entrypoint(stdout, stderr)
 	root.SetArgs(args)
 	err := root.ExecuteContext(context.Background())

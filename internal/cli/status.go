@@ -35,7 +35,7 @@ func newStatus(g *globals) *cobra.Command {
 				return err
 			}
 			v := statusView{Network: t.ID(), Drift: []string{}}
-			steps, derr := lab.Plan(cmd.Context(), t)
+			steps, derr := lab.Plan(cmd.Context(), t, lab.WithDeep(true))
 			if derr != nil {
 				v.Drift = append(v.Drift, derr.Error())
 			}

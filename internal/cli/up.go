@@ -9,7 +9,7 @@ import (
 )
 
 func newUp(g *globals) *cobra.Command {
-	var moveNIC bool
+	var moveNIC, deep bool
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Build the network, or bring it to the declared state (no-op when it is already there)",
@@ -19,7 +19,7 @@ func newUp(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := lab.Up(cmd.Context(), t, append(g.opts(), lab.WithMoveHostNIC(moveNIC))...)
+			res, err := lab.Up(cmd.Context(), t, append(g.opts(), lab.WithMoveHostNIC(moveNIC), lab.WithDeep(deep))...)
 			if g.output == "json" && res != nil {
 				if jerr := g.json(res); jerr != nil {
 					return jerr
@@ -35,6 +35,7 @@ func newUp(g *globals) *cobra.Command {
 			return err
 		},
 	}
+	cmd.Flags().BoolVar(&deep, "deep", false, "read every sysctl back instead of trusting the record kvmnet keeps of those it applied")
 	cmd.Flags().BoolVar(&moveNIC, "move-host-nic", false, "allow moving the real NIC named by uplink.device into the network (down moves it back)")
 	cmd.PreRunE = requireRoot
 	g.outputFlag(cmd, "text", "text", "json")

@@ -19,11 +19,22 @@ func (c *Conn) Owner() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read lo in namespace %q: %w", c.NS.Name, translate(err))
 	}
-	id, _, _, ok := model.ParseMark(l.Attrs().Alias)
+	m, ok := model.ParseMark(l.Attrs().Alias)
 	if !ok {
 		return "", nil
 	}
-	return id, nil
+	return m.ID, nil
+}
+
+// NamespaceMark returns what the namespace's mark (lo's alias) says; ok is
+// false when kvmnet did not create the namespace.
+func (c *Conn) NamespaceMark() (m model.MarkInfo, ok bool, err error) {
+	l, err := c.h.LinkByName("lo")
+	if err != nil {
+		return m, false, fmt.Errorf("read lo in namespace %q: %w", c.NS.Name, translate(err))
+	}
+	m, ok = model.ParseMark(l.Attrs().Alias)
+	return m, ok, nil
 }
 
 // Observe reads the namespace's links, addresses and kvmnet routes into a
@@ -39,8 +50,8 @@ func (c *Conn) Observe() (*model.Namespace, error) {
 	for _, nl := range links {
 		a := nl.Attrs()
 		if a.Name == "lo" {
-			if id, _, _, ok := model.ParseMark(a.Alias); ok {
-				ns.Owner = id
+			if m, ok := model.ParseMark(a.Alias); ok {
+				ns.Owner, ns.SysctlHash = m.ID, m.Sysctl
 			}
 			continue
 		}
@@ -48,10 +59,11 @@ func (c *Conn) Observe() (*model.Namespace, error) {
 		if a.HardwareAddr != nil {
 			l.MAC = a.HardwareAddr.String()
 		}
-		id, peer, origin, owned := model.ParseMark(a.Alias)
+		mark, owned := model.ParseMark(a.Alias)
 		if owned {
-			l.Owner = id
+			l.Owner = mark.ID
 		}
+		peer, origin := mark.Peer, mark.Origin
 		switch {
 		case origin != "":
 			l.Kind = model.KindDevice // a moved NIC, whatever its driver

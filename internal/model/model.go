@@ -4,6 +4,8 @@
 package model
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -38,6 +40,8 @@ type Namespace struct {
 	Sysctls map[string]string
 	Links   map[string]*Link
 	Routes  map[string]*Route
+	// SysctlHash is the hash in the namespace's mark (observed only).
+	SysctlHash string
 	// Masquerade is the NAT of kvmnet's nftables table, sorted; nil when
 	// the namespace has no kvmnet table.
 	Masquerade []Masquerade
@@ -139,28 +143,64 @@ func Mark(id string, l *Link) string {
 	return s
 }
 
+// NSMark renders the ownership mark of a namespace (the alias of its lo).
+// sysctlHash, when set, records that the sysctls with that hash have been
+// applied (see SysctlHash).
+func NSMark(id, sysctlHash string) string {
+	if sysctlHash == "" {
+		return MarkPrefix + id
+	}
+	return MarkPrefix + id + " sysctl=" + sysctlHash
+}
+
+// MarkInfo is what an ownership mark says.
+type MarkInfo struct {
+	ID     string  // the owning network
+	Peer   PeerRef // veth: the other end
+	Origin string  // moved NIC: its root-namespace name
+	Sysctl string  // namespace: hash of the sysctls kvmnet applied
+}
+
 // ParseMark reads an alias; ok is false when it is not a kvmnet mark.
-func ParseMark(alias string) (id string, peer PeerRef, origin string, ok bool) {
+func ParseMark(alias string) (m MarkInfo, ok bool) {
 	if !strings.HasPrefix(alias, MarkPrefix) {
-		return "", PeerRef{}, "", false
+		return m, false
 	}
 	fields := strings.Fields(strings.TrimPrefix(alias, MarkPrefix))
 	if len(fields) == 0 {
-		return "", PeerRef{}, "", false
+		return m, false
 	}
-	id = fields[0]
+	m.ID = fields[0]
 	for _, f := range fields[1:] {
-		switch {
-		case strings.HasPrefix(f, "peer="):
-			ns, name, found := strings.Cut(strings.TrimPrefix(f, "peer="), "/")
-			if found {
-				peer = PeerRef{NS: ns, Name: name}
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "peer":
+			if ns, name, found := strings.Cut(v, "/"); found {
+				m.Peer = PeerRef{NS: ns, Name: name}
 			}
-		case strings.HasPrefix(f, "origin="):
-			origin = strings.TrimPrefix(f, "origin=")
+		case "origin":
+			m.Origin = v
+		case "sysctl":
+			m.Sysctl = v
 		}
 	}
-	return id, peer, origin, true
+	return m, true
+}
+
+// SysctlHash is a short stable digest of a sysctl map. A namespace's mark
+// carries the hash of the sysctls kvmnet applied there, so that `up` need not
+// read them back: reading /proc/sys in each of 1000 namespaces costs the
+// kernel time quadratic in the number of namespaces (their sysctl dentries
+// share hash chains). `status` and `up --deep` read them anyway.
+func SysctlHash(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	for _, k := range SortedNames(m) {
+		fmt.Fprintf(h, "%s=%s\n", k, m[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
 }
 
 // Masquerade is one source-NAT rule: traffic from Source leaving through

@@ -14,16 +14,16 @@ func TestMarkRoundTrip(t *testing.T) {
 		{Kind: KindDevice, Origin: "eth0"},
 	} {
 		m := Mark("net1", l)
-		id, peer, origin, ok := ParseMark(m)
-		if !ok || id != "net1" {
-			t.Fatalf("ParseMark(%q) = %q, %v", m, id, ok)
+		info, ok := ParseMark(m)
+		if !ok || info.ID != "net1" {
+			t.Fatalf("ParseMark(%q) = %+v, %v", m, info, ok)
 		}
-		if l != nil && (peer != l.Peer || origin != l.Origin) {
-			t.Errorf("ParseMark(%q) lost peer/origin: %v %q", m, peer, origin)
+		if l != nil && (info.Peer != l.Peer || info.Origin != l.Origin) {
+			t.Errorf("ParseMark(%q) lost peer/origin: %+v", m, info)
 		}
 	}
 	for _, foreign := range []string{"", "my uplink", "kvmnet:", "kvmnetx:y"} {
-		if _, _, _, ok := ParseMark(foreign); ok {
+		if _, ok := ParseMark(foreign); ok {
 			t.Errorf("ParseMark(%q) claims ownership", foreign)
 		}
 	}
@@ -63,5 +63,16 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 	}
 	if _, err := ParseMasquerade("oif=x"); err == nil {
 		t.Fatal("incomplete masquerade parsed")
+	}
+}
+
+func TestNSMarkCarriesSysctlHash(t *testing.T) {
+	h := SysctlHash(map[string]string{"net.ipv4.ip_forward": "1"})
+	if len(h) != 12 || h == SysctlHash(map[string]string{"net.ipv4.ip_forward": "0"}) {
+		t.Fatalf("hash %q does not tell values apart", h)
+	}
+	info, ok := ParseMark(NSMark("n", h))
+	if !ok || info.ID != "n" || info.Sysctl != h {
+		t.Fatalf("%+v %v", info, ok)
 	}
 }

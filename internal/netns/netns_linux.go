@@ -239,22 +239,36 @@ func ReadSysctl(ns *NS, key string) (string, error) {
 // ReadSysctls reads several keys inside ns with one thread switch. A key that
 // does not exist reads as "".
 func ReadSysctls(ns *NS, keys []string) (map[string]string, error) {
-	out := make(map[string]string, len(keys))
+	var out map[string]string
 	err := Do(ns, func() error {
-		for _, k := range keys {
-			b, err := os.ReadFile(sysctlPath(k))
-			if errors.Is(err, os.ErrNotExist) {
-				out[k] = ""
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("read sysctl %s: %w", k, err)
-			}
-			out[k] = strings.TrimSpace(string(b))
-		}
-		return nil
+		var err error
+		out, err = ReadSysctlsHere(keys)
+		return err
 	})
 	return out, err
+}
+
+// ReadSysctlsHere reads keys in the calling thread's namespace (inside Do).
+func ReadSysctlsHere(keys []string) (map[string]string, error) {
+	out := make(map[string]string, len(keys))
+	buf := make([]byte, 64)
+	for _, k := range keys {
+		fd, err := unix.Open(sysctlPath(k), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) {
+			out[k] = ""
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read sysctl %s: %w", k, err)
+		}
+		n, err := unix.Read(fd, buf)
+		unix.Close(fd)
+		if err != nil {
+			return nil, fmt.Errorf("read sysctl %s: %w", k, err)
+		}
+		out[k] = strings.TrimSpace(string(buf[:n]))
+	}
+	return out, nil
 }
 
 // WriteSysctls writes several keys inside ns with one thread switch, in order.

@@ -5,6 +5,7 @@ package observe
 
 import (
 	"errors"
+	"maps"
 	"fmt"
 	"strings"
 	"sync"
@@ -18,11 +19,15 @@ import (
 // Workers bounds how many namespaces are read at once.
 var Workers = 2
 
+// Deep makes observation read every sysctl from /proc/sys even when the
+// namespace's mark records that kvmnet applied exactly the desired ones.
+type Deep bool
+
 // Network observes network id. It reads every namespace that desired names
 // (whoever owns it) and every namespace under /run/netns whose name starts
 // with scanPrefix and whose mark says id owns it. Namespaces that exist but
 // belong to someone else are returned with their Owner and no contents.
-func Network(desired *model.State, scanPrefix string) (*model.State, error) {
+func Network(desired *model.State, scanPrefix string, deep Deep) (*model.State, error) {
 	names, err := netns.List()
 	if err != nil {
 		return nil, fmt.Errorf("list namespaces: %w", err)
@@ -44,7 +49,7 @@ func Network(desired *model.State, scanPrefix string) (*model.State, error) {
 		sem <- struct{}{}
 		go func(name string) {
 			defer func() { <-sem; wg.Done() }()
-			ns, err := one(name, desired.Namespaces[name], id)
+			ns, err := one(name, desired.Namespaces[name], id, deep)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -67,41 +72,60 @@ func Network(desired *model.State, scanPrefix string) (*model.State, error) {
 }
 
 // one reads a single namespace; it returns nil for one that is neither
-// desired nor owned by id.
-func one(name string, want *model.Namespace, id string) (*model.Namespace, error) {
+// desired nor owned by id. Sockets and sysctls are opened in one switch into
+// the namespace; the netlink dumps then run from this thread.
+func one(name string, want *model.Namespace, id string, deep Deep) (*model.Namespace, error) {
 	ns, err := netns.Open(name)
 	if err != nil {
 		return nil, err
 	}
 	defer ns.Close()
-	c, err := link.Dial(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	owner, err := c.Owner()
-	if err != nil {
-		return nil, err
-	}
-	if owner != id {
-		if want == nil {
-			return nil, nil
+	var c *link.Conn
+	var sysctls map[string]string
+	err = netns.Do(ns, func() error {
+		var err error
+		if c, err = link.DialHere(ns); err != nil {
+			return err
 		}
-		return &model.Namespace{Name: name, Owner: owner}, nil
+		if want == nil || len(want.Sysctls) == 0 {
+			return nil
+		}
+		if !deep {
+			// Trust the mark when it records exactly the desired sysctls.
+			m, ok, err := c.NamespaceMark()
+			if err != nil {
+				return err
+			}
+			if ok && m.ID == id && m.Sysctl == model.SysctlHash(want.Sysctls) {
+				sysctls = maps.Clone(want.Sysctls)
+				return nil
+			}
+		}
+		sysctls, err = netns.ReadSysctlsHere(model.SortedNames(want.Sysctls))
+		return err
+	})
+	if c != nil {
+		defer c.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("namespace %q: %w", name, err)
 	}
 	obs, err := c.Observe()
 	if err != nil {
 		return nil, err
 	}
+	if obs.Owner != id {
+		if want == nil {
+			return nil, nil
+		}
+		return &model.Namespace{Name: name, Owner: obs.Owner}, nil
+	}
+	if sysctls != nil {
+		obs.Sysctls = sysctls
+	}
 	if want != nil && want.Masquerade != nil {
 		if obs.Masquerade, err = nft.Observe(ns); err != nil {
 			return nil, err
-		}
-	}
-	if want != nil && len(want.Sysctls) > 0 {
-		keys := model.SortedNames(want.Sysctls)
-		if obs.Sysctls, err = netns.ReadSysctls(ns, keys); err != nil {
-			return nil, fmt.Errorf("namespace %q: %w", name, err)
 		}
 	}
 	return obs, nil

@@ -93,12 +93,21 @@ func (d *differ) namespace(want, have *model.Namespace) {
 		d.createNS = append(d.createNS, d.step(OpCreateNS, name))
 		have = &model.Namespace{Name: name}
 	}
+	changed := false
 	for _, k := range model.SortedNames(want.Sysctls) {
 		if v := want.Sysctls[k]; have.Sysctls[k] != v {
 			s := d.step(OpSysctl, name)
 			s.Key, s.Value, s.OldValue = k, v, have.Sysctls[k]
 			d.sysctl = append(d.sysctl, s)
+			changed = true
 		}
+	}
+	// Record what was applied in the namespace's mark, so that the next
+	// observation can trust it instead of reading /proc/sys.
+	if hash := model.SysctlHash(want.Sysctls); changed || hash != have.SysctlHash {
+		s := d.step(OpMarkSysctls, name)
+		s.Value, s.OldValue = hash, have.SysctlHash
+		d.sysctl = append(d.sysctl, s)
 	}
 	for _, ln := range model.SortedNames(want.Links) {
 		d.link(name, want.Links[ln], have)

@@ -20,6 +20,7 @@ type Op string
 const (
 	OpCreateNS     Op = "create-namespace"
 	OpSysctl       Op = "set-sysctl"
+	OpMarkSysctls  Op = "mark-sysctls"
 	OpDeleteLink   Op = "delete-link"
 	OpCreateLink   Op = "create-link"
 	OpMoveDevice   Op = "move-device"
@@ -78,6 +79,8 @@ func (s Step) Target() string {
 		return s.NS
 	case OpSysctl:
 		return s.NS + " " + s.Key
+	case OpMarkSysctls:
+		return s.NS + " lo"
 	case OpAddRoute, OpDelRoute:
 		return s.NS + " route " + s.Route.String()
 	case OpFirewall:
@@ -98,6 +101,8 @@ func (s Step) String() string {
 		return fmt.Sprintf("- namespace %s (and everything in it)", s.NS)
 	case OpSysctl:
 		return fmt.Sprintf("~ %s: sysctl %s = %s (was %s)", s.NS, s.Key, s.Value, orNone(s.OldValue))
+	case OpMarkSysctls:
+		return fmt.Sprintf("~ %s: record applied sysctls in the namespace mark (%s)", s.NS, orNone(s.Value))
 	case OpCreateLink:
 		l := s.Link
 		switch l.Kind {
@@ -201,6 +206,8 @@ func (s Step) Inverse() (Step, error) {
 		if s.OldValue == "" {
 			return Step{}, ErrIrreversible
 		}
+	case OpMarkSysctls:
+		inv.Op, inv.Value, inv.OldValue = OpMarkSysctls, s.OldValue, s.Value
 	case OpCreateLink:
 		inv.Op = OpDeleteLink
 	case OpDeleteLink:
