@@ -29,13 +29,9 @@ func fixture(t *testing.T, src string) *topology.Topology {
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "ip")
 	prefix := testutil.UniquePrefix(t)
-	topo, err := topology.Parse("test.yaml", []byte(src))
+	topo, err := topology.Parse("test.yaml", []byte(src), topology.WithPrefix(prefix))
 	if err != nil {
 		t.Fatalf("parse: %v", err)
-	}
-	topo.Prefix = prefix
-	if err := topo.Validate(); err != nil {
-		t.Fatalf("validate with prefix: %v", err)
 	}
 	return topo
 }

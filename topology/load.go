@@ -28,24 +28,42 @@ const DefaultFile = "<default>"
 func DefaultYAML() []byte { return bytes.Clone(defaultYAML) }
 
 // Default returns the reference design, loaded, defaulted and validated.
-func Default() (*Topology, error) { return Parse(DefaultFile, defaultYAML) }
+func Default(opts ...Option) (*Topology, error) { return Parse(DefaultFile, defaultYAML, opts...) }
+
+// Option adjusts a topology after decoding and before defaults and
+// validation.
+type Option func(*Topology)
+
+// WithPrefix overrides the file's namespace prefix. It applies before
+// defaults, so MACs derived from the network ID differ between two copies of
+// one file run under different prefixes.
+func WithPrefix(prefix string) Option {
+	return func(t *Topology) {
+		if prefix != "" {
+			t.Prefix = prefix
+		}
+	}
+}
 
 // Load reads, decodes, defaults and validates the topology file at path.
-func Load(path string) (*Topology, error) {
+func Load(path string, opts ...Option) (*Topology, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read topology: %w", err)
 	}
-	return Parse(path, data)
+	return Parse(path, data, opts...)
 }
 
 // Parse decodes data (named file in errors) strictly, fills in defaults and
 // validates the result. Every error it returns is an *Error or an ErrorList,
 // positioned at file:line:column and naming the field.
-func Parse(file string, data []byte) (*Topology, error) {
+func Parse(file string, data []byte, opts ...Option) (*Topology, error) {
 	t, err := Decode(file, data)
 	if err != nil {
 		return nil, err
+	}
+	for _, o := range opts {
+		o(t)
 	}
 	if err := t.Normalize(); err != nil {
 		return nil, err

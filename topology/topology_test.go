@@ -53,3 +53,24 @@ links:
 		t.Fatalf("got %s (line %d col %d field %q)", err, e.Line, e.Column, e.Field)
 	}
 }
+
+func TestPrefixChangesDerivedMACs(t *testing.T) {
+	a, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Default(WithPrefix("lab2-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.NSName("vm1") != "lab2-vm1" {
+		t.Fatalf("prefix not applied: %s", b.NSName("vm1"))
+	}
+	// Explicit MACs stay, derived ones differ between the two networks.
+	if a.Links[1].Endpoints[0].MAC != b.Links[1].Endpoints[0].MAC {
+		t.Error("an explicit MAC changed with the prefix")
+	}
+	if a.Links[1].Endpoints[1].MAC == b.Links[1].Endpoints[1].MAC {
+		t.Error("two networks under different prefixes derive the same MAC")
+	}
+}

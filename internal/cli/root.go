@@ -107,24 +107,10 @@ func (g *globals) logger() *slog.Logger {
 
 // load reads the topology named by -f, or the reference design.
 func (g *globals) load() (*topology.Topology, error) {
-	var t *topology.Topology
-	var err error
 	if g.file == "" {
-		t, err = topology.Default()
-	} else {
-		t, err = topology.Load(g.file)
+		return topology.Default(topology.WithPrefix(g.prefix))
 	}
-	if err != nil {
-		return nil, err
-	}
-	if g.prefix != "" {
-		t.Prefix = g.prefix
-		// The prefix is part of every namespace name: validate again.
-		if err := t.Validate(); err != nil {
-			return nil, err
-		}
-	}
-	return t, nil
+	return topology.Load(g.file, topology.WithPrefix(g.prefix))
 }
 
 func (g *globals) opts() []lab.Option {

@@ -5,8 +5,8 @@ package observe
 
 import (
 	"errors"
-	"maps"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 
