@@ -404,6 +404,11 @@ func TestInPlaceEdits(t *testing.T) {
 		t.Errorf("STP not switched on")
 	}
 	ping(t, topo, "vm1", "192.168.1.1")
+	// Jumbo frames end to end: an 8972-byte payload with DF set crosses the
+	// bridge unfragmented (9000 on every hop).
+	if out, err := testutil.Try("ip", "netns", "exec", topo.NSName("vm1"), "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "8972", "192.168.1.1"); err != nil {
+		t.Fatalf("jumbo ping: %v\n%s", err, out)
+	}
 
 	// Removing an object deletes it and nothing else.
 	topo.Namespaces[2].Routes = topo.Namespaces[2].Routes[:1]
@@ -754,5 +759,41 @@ uplink:
 	}
 	if strings.Contains(back, "kvmnet:") {
 		t.Fatalf("%s still carries a kvmnet mark:\n%s", nic, back)
+	}
+}
+
+func TestIPv6(t *testing.T) {
+	topo := fixture(t, `
+name: six
+namespaces:
+  - {name: host, role: host}
+  - {name: bridge, role: bridge}
+  - {name: vm1, role: vm, routes: [{to: default, via: "2001:db8:1::1"}]}
+bridges:
+  - {name: br0, namespace: bridge}
+links:
+  - endpoints:
+      - {namespace: host, name: eth0, addresses: [192.168.1.1/24, "2001:db8:1::1/64"]}
+      - {namespace: bridge, name: host, bridge: br0}
+  - endpoints:
+      - {namespace: vm1, name: eth0, addresses: [192.168.1.100/24, "2001:db8:1::100/64"]}
+      - {namespace: bridge, name: vm1, bridge: br0}
+`)
+	up(t, topo)
+	out, err := testutil.Try("ip", "netns", "exec", topo.NSName("vm1"), "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "2001:db8:1::1")
+	if err != nil {
+		t.Fatalf("ping -6: %v\n%s", err, out)
+	}
+	if !strings.Contains(inNS(t, topo, "vm1", "ip", "-6", "route"), "default via 2001:db8:1::1 dev eth0 proto 211") {
+		t.Fatal("IPv6 default route missing")
+	}
+	// IPv6 stays off where none is declared (the bridge namespace).
+	if v := strings.TrimSpace(inNS(t, topo, "bridge", "cat", "/proc/sys/net/ipv6/conf/vm1/disable_ipv6")); v != "1" {
+		t.Errorf("bridge port has IPv6 on (%s)", v)
+	}
+	tcpEcho(t, topo, "host", "[2001:db8:1::1]:7006")
+	tcpRoundTrip(t, topo, "vm1", "[2001:db8:1::1]:7006")
+	if again := up(t, topo); again.Writes != 0 {
+		t.Fatalf("second up wrote %d: %v", again.Writes, again.Steps)
 	}
 }
