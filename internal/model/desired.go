@@ -144,6 +144,9 @@ func Desired(t *topology.Topology) *State {
 			} else {
 				rt.Dst, _ = netip.ParsePrefix(r.To)
 			}
+			if rt.Dst.Addr().Is6() && rt.Metric == 0 {
+				rt.Metric = 1024 // the kernel's IPv6 default (IP6_RT_PRIO_USER)
+			}
 			n.Routes[rt.Key()] = rt
 		}
 		v6 := false
