@@ -11,14 +11,29 @@ import (
 const ConfigPath = "/kvmnet/config.json"
 
 // Verdict codes the guest /init writes to isa-debug-exit. QEMU then exits
-// with status code<<1|1, so status 0 (a reboot, a panic with panic=-1, or a
-// poweroff) always means the guest did not report.
+// with status code<<1|1. The codes start at 0x10 so that no verdict maps to
+// a status QEMU uses for itself: 0 (a reboot, a panic with panic=-1, or a
+// poweroff) and 1 (QEMU's own startup errors) both mean "no report".
 const (
-	CodePass    = 0 // every test binary exited 0
-	CodeFail    = 1 // a test binary failed
-	CodeInitErr = 2 // /init could not set the guest up (mount, module, config)
-	CodeTimeout = 3 // the in-guest deadline passed
+	CodePass    = 0x10 // every test binary exited 0 (QEMU status 33)
+	CodeFail    = 0x11 // a test binary failed (QEMU status 35)
+	CodeInitErr = 0x12 // /init could not set the guest up: mount, module, config (37)
+	CodeTimeout = 0x13 // the in-guest deadline passed (39)
 )
+
+// CodeFromStatus maps a QEMU exit status to the guest's verdict code; ok is
+// false when the status is not one a guest verdict produces.
+func CodeFromStatus(status int) (code int, ok bool) {
+	if status&1 == 0 {
+		return 0, false
+	}
+	code = status >> 1
+	switch code {
+	case CodePass, CodeFail, CodeInitErr, CodeTimeout:
+		return code, true
+	}
+	return 0, false
+}
 
 // Console markers /init prints around each test binary and at the end; the
 // host parses them (see Report).
@@ -109,4 +124,17 @@ func parseEnd(rest string) (pkg string, exit int, ok bool) {
 		return "", 0, false
 	}
 	return f[0], exit, true
+}
+
+// parseVerdict finds a verdict marker in a console line.
+func parseVerdict(line string) (code int, ok bool) {
+	i := strings.Index(line, markerVerdict)
+	if i < 0 {
+		return 0, false
+	}
+	var word string
+	if _, err := fmt.Sscanf(line[i+len(markerVerdict):], "%s code=%d", &word, &code); err != nil {
+		return 0, false
+	}
+	return code, true
 }

@@ -282,8 +282,11 @@ func readKernelConfig(p string) (map[string]string, error) {
 	return cfg, sc.Err()
 }
 
-// lockDir takes an exclusive flock on root/.lock so concurrent lanes do not
-// fetch into the same cache at once.
+// LockDir takes an exclusive flock on dir/.lock (waiting for it) and returns
+// the unlock function. The lane uses it so concurrent runs do not fetch into
+// the same cache or build into the same work directory at once.
+func LockDir(dir string) (func(), error) { return lockDir(dir) }
+
 func lockDir(root string) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(root, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
