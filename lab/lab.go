@@ -143,6 +143,11 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 			return nil, fmt.Errorf("%s: %w", s.String(), apply.ErrDeviceMoveRefused)
 		}
 	}
+	if verb == "up" {
+		if err := preflight(steps); err != nil {
+			return nil, err
+		}
+	}
 	ex := &apply.Executor{
 		Network:    id,
 		BeforeStep: o.beforeStep,

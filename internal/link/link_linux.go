@@ -16,6 +16,7 @@ import (
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/kvmnet/kvmnet/internal/kernelfeat"
 	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/netns"
 )
@@ -27,20 +28,7 @@ const RouteProtocol = 211
 var (
 	ErrExists      = errors.New("already exists")
 	ErrNotFound    = errors.New("not found")
-	ErrUnsupported = errors.New("not supported by this kernel")
 )
-
-// UnsupportedError names the kernel feature a failed operation needs.
-type UnsupportedError struct {
-	Feature string // e.g. "802.1Q VLAN support (CONFIG_VLAN_8021Q)"
-	Err     error
-}
-
-func (e *UnsupportedError) Error() string { return "kernel lacks " + e.Feature }
-func (e *UnsupportedError) Unwrap() error { return e.Err }
-
-// Is makes errors.Is(err, ErrUnsupported) true.
-func (e *UnsupportedError) Is(target error) bool { return target == ErrUnsupported }
 
 func translate(err error) error {
 	switch {
@@ -200,22 +188,8 @@ func b2u(b bool) uint32 {
 }
 
 func (c *Conn) createErr(kind, name string, err error) error {
-	if errors.Is(err, unix.EOPNOTSUPP) {
-		return &UnsupportedError{Feature: kindFeature(kind), Err: err}
-	}
-	return fmt.Errorf("create %s %q in namespace %q: %w", kind, name, c.NS.Name, translate(err))
-}
-
-func kindFeature(kind string) string {
-	switch kind {
-	case "vlan":
-		return "802.1Q VLAN support (CONFIG_VLAN_8021Q)"
-	case "bridge":
-		return "bridge support (CONFIG_BRIDGE)"
-	case "veth":
-		return "veth support (CONFIG_VETH)"
-	}
-	return fmt.Sprintf("%s link support", kind)
+	return fmt.Errorf("create %s %q in namespace %q: %w", kind, name, c.NS.Name,
+		kernelfeat.Check(kernelfeat.LinkKind(kind), translate(err)))
 }
 
 // CreateVeth creates the veth pair l <-> peer: l in this namespace, peer

@@ -1,0 +1,67 @@
+package lab
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/kvmnet/kvmnet/internal/link"
+	"github.com/kvmnet/kvmnet/internal/model"
+	"github.com/kvmnet/kvmnet/internal/netns"
+	"github.com/kvmnet/kvmnet/internal/nft"
+	"github.com/kvmnet/kvmnet/internal/plan"
+)
+
+// preflight proves, before the first write, that the kernel has every
+// feature the plan needs, by building one of each kind of object in a
+// throwaway namespace that it deletes again. A kernel that lacks one gets an
+// error naming it ("kernel lacks veth links (CONFIG_VETH)") and nothing of
+// the network is built.
+func preflight(steps []plan.Step) error {
+	var bridge, veth, nat bool
+	for _, s := range steps {
+		switch {
+		case s.Op == plan.OpCreateLink && s.Link.Kind == model.KindBridge:
+			bridge = true
+		case s.Op == plan.OpCreateLink && s.Link.Kind == model.KindVeth:
+			veth = true
+		case s.Op == plan.OpFirewall && len(s.Masq) > 0:
+			nat = true
+		}
+	}
+	if !bridge && !veth && !nat {
+		return nil
+	}
+	b := make([]byte, 4)
+	rand.Read(b)
+	name := "kvmnet-probe-" + hex.EncodeToString(b)
+	ns, err := netns.Create(name)
+	if err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	defer func() {
+		ns.Close()
+		netns.Delete(name)
+	}()
+	c, err := link.Dial(ns)
+	if err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	defer c.Close()
+	var errs []error
+	if bridge {
+		errs = append(errs, c.CreateBridge(&model.Link{Name: "probe-br", Kind: model.KindBridge, Bridge: &model.BridgeOpts{AgeingTime: 300}}, "kvmnet-probe"))
+	}
+	if veth || nat {
+		errs = append(errs, c.CreateVeth(&model.Link{Name: "probe-a", Kind: model.KindVeth}, &model.Link{Name: "probe-b", Kind: model.KindVeth}, c, "kvmnet-probe", "kvmnet-probe"))
+	}
+	if nat {
+		errs = append(errs, nft.Apply(ns, []model.Masquerade{{OutIface: "probe-a", Source: netip.MustParsePrefix("10.0.0.0/8")}}))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("preflight (nothing was built): %w", err)
+	}
+	return nil
+}
