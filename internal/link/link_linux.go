@@ -26,8 +26,8 @@ const RouteProtocol = 211
 
 // Sentinel errors; kernel errnos are translated to these at this boundary.
 var (
-	ErrExists      = errors.New("already exists")
-	ErrNotFound    = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	ErrNotFound = errors.New("not found")
 )
 
 func translate(err error) error {
