@@ -78,8 +78,9 @@ func noPing(t *testing.T, topo *topology.Topology, from, to string) {
 	}
 }
 
-// tcpEcho listens on addr inside ns and echoes one line per connection.
-func tcpEcho(t *testing.T, topo *topology.Topology, ns, addr string) {
+// listen opens a TCP listener on addr inside ns (the socket stays in that
+// namespace), closed when the test ends.
+func listen(t *testing.T, topo *topology.Topology, ns, addr string) net.Listener {
 	t.Helper()
 	h, err := netns.Open(topo.NSName(ns))
 	if err != nil {
@@ -95,19 +96,11 @@ func tcpEcho(t *testing.T, topo *topology.Topology, ns, addr string) {
 		t.Fatalf("listen %s in %s: %v", addr, ns, err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	return ln
 }
 
-// tcpRoundTrip connects from ns to addr and checks the echo.
-func tcpRoundTrip(t *testing.T, topo *topology.Topology, ns, addr string) {
+// dial connects from ns to addr.
+func dial(t *testing.T, topo *topology.Topology, ns, addr string) net.Conn {
 	t.Helper()
 	h, err := netns.Open(topo.NSName(ns))
 	if err != nil {
@@ -122,6 +115,28 @@ func tcpRoundTrip(t *testing.T, topo *topology.Topology, ns, addr string) {
 	}); err != nil {
 		t.Fatalf("TCP connect %s from %s: %v", addr, ns, err)
 	}
+	return c
+}
+
+// tcpEcho listens on addr inside ns and echoes one line per connection.
+func tcpEcho(t *testing.T, topo *topology.Topology, ns, addr string) {
+	t.Helper()
+	ln := listen(t, topo, ns, addr)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+}
+
+// tcpRoundTrip connects from ns to addr and checks the echo.
+func tcpRoundTrip(t *testing.T, topo *topology.Topology, ns, addr string) {
+	t.Helper()
+	c := dial(t, topo, ns, addr)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(3 * time.Second))
 	msg := "kvmnet " + ns + "\n"
@@ -625,20 +640,7 @@ func TestNATUplink(t *testing.T) {
 	// The external namespace has no route back to 192.168.1.0/24: only
 	// masquerading makes the VM's traffic come back.
 	ping(t, topo, "vm1", "203.0.113.254")
-	h, err := netns.Open(topo.NSName("external"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	var ln net.Listener
-	if err := netns.Do(h, func() error {
-		var err error
-		ln, err = net.Listen("tcp", "203.0.113.254:7004")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := listen(t, topo, "external", "203.0.113.254:7004")
 	peer := make(chan string, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -649,17 +651,7 @@ func TestNATUplink(t *testing.T) {
 		peer <- c.RemoteAddr().String()
 		c.Close()
 	}()
-	vm, _ := netns.Open(topo.NSName("vm1"))
-	defer vm.Close()
-	if err := netns.Do(vm, func() error {
-		c, err := net.DialTimeout("tcp", "203.0.113.254:7004", 3*time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err
-	}); err != nil {
-		t.Fatalf("TCP from vm1 to external: %v", err)
-	}
+	dial(t, topo, "vm1", "203.0.113.254:7004").Close()
 	select {
 	case from := <-peer:
 		if !strings.HasPrefix(from, "203.0.113.1:") {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -20,19 +21,7 @@ func newUp(g *globals) *cobra.Command {
 				return err
 			}
 			res, err := lab.Up(cmd.Context(), t, append(g.opts(), lab.WithMoveHostNIC(moveNIC), lab.WithDeep(deep))...)
-			if g.output == "json" && res != nil {
-				if jerr := g.json(res); jerr != nil {
-					return jerr
-				}
-			} else if res != nil {
-				for _, s := range res.Steps {
-					fmt.Fprintln(g.stdout, s.String())
-				}
-				if err == nil {
-					fmt.Fprintln(g.stdout, res.Summary("up"))
-				}
-			}
-			return err
+			return g.report("up", res, err)
 		},
 	}
 	cmd.Flags().BoolVar(&deep, "deep", false, "read every sysctl back instead of trusting the record kvmnet keeps of those it applied")
@@ -62,19 +51,7 @@ func newDown(g *globals) *cobra.Command {
 				}
 				res, err = lab.Down(cmd.Context(), t, opts...)
 			}
-			if g.output == "json" && res != nil {
-				if jerr := g.json(res); jerr != nil {
-					return jerr
-				}
-			} else if res != nil {
-				for _, s := range res.Steps {
-					fmt.Fprintln(g.stdout, s.String())
-				}
-				if err == nil {
-					fmt.Fprintln(g.stdout, res.Summary("down"))
-				}
-			}
-			return err
+			return g.report("down", res, err)
 		},
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "also delete namespaces that hold interfaces kvmnet did not create")
@@ -82,4 +59,22 @@ func newDown(g *globals) *cobra.Command {
 	cmd.PreRunE = requireRoot
 	g.outputFlag(cmd, "text", "text", "json")
 	return cmd
+}
+
+// report prints what up or down did (steps and a summary, or JSON) and
+// passes err through.
+func (g *globals) report(verb string, res *lab.Result, err error) error {
+	if res == nil {
+		return err
+	}
+	if g.output == "json" {
+		return errors.Join(err, g.json(res))
+	}
+	for _, s := range res.Steps {
+		fmt.Fprintln(g.stdout, s.String())
+	}
+	if err == nil {
+		fmt.Fprintln(g.stdout, res.Summary(verb))
+	}
+	return err
 }

@@ -82,23 +82,7 @@ func DeletePrefixed(t testing.TB, prefix string) {
 // deletes it when the test ends.
 func NewNS(t testing.TB) *netns.NS {
 	t.Helper()
-	RequireRoot(t)
-	b := make([]byte, 4)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	name := "kvmt-" + hex.EncodeToString(b)
-	ns, err := netns.Create(name)
-	if err != nil {
-		t.Fatalf("create scratch namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		ns.Close()
-		if err := netns.Delete(name); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	return ns
+	return NewNSPrefix(t, "kvmt-")
 }
 
 // Run runs a witness command (iproute2, ping, nft) and returns its combined
