@@ -38,7 +38,7 @@ func fixture(t *testing.T, src string) *topology.Topology {
 
 func testOpts(t *testing.T, more ...Option) []Option {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
+	if os.Getenv("KVMNET_TEST_DEBUG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return append([]Option{WithLogger(log), WithStateDir(t.TempDir())}, more...)

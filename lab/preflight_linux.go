@@ -17,21 +17,26 @@ import (
 // preflight proves, before the first write, that the kernel has every
 // feature the plan needs, by building one of each kind of object in a
 // throwaway namespace that it deletes again. A kernel that lacks one gets an
-// error naming it ("kernel lacks veth links (CONFIG_VETH)") and nothing of
-// the network is built.
+// error naming it ("kernel lacks 802.1Q VLAN support (CONFIG_VLAN_8021Q)")
+// and nothing of the network is built.
 func preflight(steps []plan.Step) error {
-	var bridge, veth, nat bool
+	var bridge, filtering, veth, vlan, nat bool
 	for _, s := range steps {
 		switch {
 		case s.Op == plan.OpCreateLink && s.Link.Kind == model.KindBridge:
 			bridge = true
+			filtering = filtering || s.Link.Bridge.VLANFiltering
+		case s.Op == plan.OpSetLink && s.Set.VLANFiltering != nil && *s.Set.VLANFiltering:
+			filtering = true
+		case s.Op == plan.OpCreateLink && s.Link.Kind == model.KindVLAN:
+			vlan = true
 		case s.Op == plan.OpCreateLink && s.Link.Kind == model.KindVeth:
 			veth = true
 		case s.Op == plan.OpFirewall && len(s.Masq) > 0:
 			nat = true
 		}
 	}
-	if !bridge && !veth && !nat {
+	if !bridge && !filtering && !veth && !vlan && !nat {
 		return nil
 	}
 	b := make([]byte, 4)
@@ -54,8 +59,14 @@ func preflight(steps []plan.Step) error {
 	if bridge {
 		errs = append(errs, c.CreateBridge(&model.Link{Name: "probe-br", Kind: model.KindBridge, Bridge: &model.BridgeOpts{AgeingTime: 300}}, "kvmnet-probe"))
 	}
-	if veth || nat {
+	if filtering {
+		errs = append(errs, c.CreateBridge(&model.Link{Name: "probe-vbr", Kind: model.KindBridge, Bridge: &model.BridgeOpts{AgeingTime: 300, VLANFiltering: true, DefaultPVID: 1}}, "kvmnet-probe"))
+	}
+	if veth || vlan || nat {
 		errs = append(errs, c.CreateVeth(&model.Link{Name: "probe-a", Kind: model.KindVeth}, &model.Link{Name: "probe-b", Kind: model.KindVeth}, c, "kvmnet-probe", "kvmnet-probe"))
+	}
+	if vlan {
+		errs = append(errs, c.CreateVLAN(&model.Link{Name: "probe-a.7", Kind: model.KindVLAN, Parent: "probe-a", VID: 7}, "kvmnet-probe"))
 	}
 	if nat {
 		errs = append(errs, nft.Apply(ns, []model.Masquerade{{OutIface: "probe-a", Source: netip.MustParsePrefix("10.0.0.0/8")}}))

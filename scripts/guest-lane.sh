@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The guest-kernel test lane: runs the tests of kernel features this host's
-# kernel lacks (802.1Q VLANs, bridge vlan_filtering, netem) inside a QEMU
-# guest booted with Debian's cloud kernel. See docs/guest-lane.md.
+# The guest-kernel test lane: runs the kernel integration tests (the kernel
+# feature probes, the whole lab suite with its VLAN tests, netns and cli)
+# inside a QEMU guest booted with Debian's cloud kernel, which has what this
+# host's kernel lacks (802.1Q VLANs, bridge vlan_filtering, netem). See
+# docs/guest-lane.md.
 #
 #   scripts/guest-lane.sh [lane flags]      e.g. -v, -run VLAN, -timeout 10m
 #
@@ -11,4 +13,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x /usr/local/go/bin/go ] && ! command -v go >/dev/null 2>&1 && export PATH="/usr/local/go/bin:$PATH"
-exec go run ./internal/guest/lane "$@" ./internal/kernelfeat/...
+exec go run ./internal/guest/lane "$@" ./internal/kernelfeat/... ./lab/... ./internal/netns/... ./internal/cli/...

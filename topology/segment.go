@@ -1,45 +1,83 @@
 package topology
 
-// Segments groups interfaces into L2 broadcast domains: the two ends of a
-// veth are on one segment, and a bridge joins itself and all its ports.
+import "strconv"
+
+// Segments groups interfaces into L2 broadcast domains, VLANs included.
+//
+// It is computed in two passes. The first joins what passes frames unchanged,
+// whatever their tag: the two ends of a veth, and a bridge without VLAN
+// filtering with its ports. The second works on (wire, tag) pairs: a port of
+// a VLAN-filtering bridge joins its untagged traffic to the bridge's PVID
+// VLAN and its tagged VLANs to the same VLANs of the bridge, and a VLAN
+// sub-interface's untagged traffic is its parent's traffic tagged with its
+// ID. An interface's segment is the segment of its untagged traffic.
 type Segments struct {
-	parent map[string]string
+	wire *unionFind // pass 1: tag-agnostic
+	tag  *unionFind // pass 2: "wire#tag"
 }
 
-func ifKey(ns, name string) string { return ns + "/" + name }
+type unionFind struct{ parent map[string]string }
 
-func (s *Segments) find(k string) string {
-	if _, ok := s.parent[k]; !ok {
-		s.parent[k] = k
+func newUnionFind() *unionFind { return &unionFind{parent: map[string]string{}} }
+
+func (u *unionFind) find(k string) string {
+	if _, ok := u.parent[k]; !ok {
+		u.parent[k] = k
 	}
-	for s.parent[k] != k {
-		s.parent[k] = s.parent[s.parent[k]]
-		k = s.parent[k]
+	for u.parent[k] != k {
+		u.parent[k] = u.parent[u.parent[k]]
+		k = u.parent[k]
 	}
 	return k
 }
 
-func (s *Segments) union(a, b string) {
-	ra, rb := s.find(a), s.find(b)
+func (u *unionFind) union(a, b string) {
+	ra, rb := u.find(a), u.find(b)
 	if ra != rb {
 		if ra < rb {
-			s.parent[rb] = ra
+			u.parent[rb] = ra
 		} else {
-			s.parent[ra] = rb
+			u.parent[ra] = rb
 		}
 	}
 }
 
-// Of returns the segment ID of interface name in namespace ns. Interfaces on
-// one segment share an ID; the ID is otherwise opaque.
-func (s *Segments) Of(ns, name string) string { return s.find(ifKey(ns, name)) }
+func ifKey(ns, name string) string { return ns + "/" + name }
+
+// node is the pass-2 key of the traffic of interface k carrying tag (0: untagged).
+func (s *Segments) node(k string, tag int) string {
+	return s.wire.find(k) + "#" + strconv.Itoa(tag)
+}
+
+// Of returns the segment ID of interface name in namespace ns (of its
+// untagged traffic). Interfaces on one segment share an ID; the ID is
+// otherwise opaque.
+func (s *Segments) Of(ns, name string) string { return s.tag.find(s.node(ifKey(ns, name), 0)) }
+
+// OfVLAN returns the segment of the traffic of interface name in namespace
+// ns that carries VLAN tag vid.
+func (s *Segments) OfVLAN(ns, name string, vid int) string {
+	return s.tag.find(s.node(ifKey(ns, name), vid))
+}
 
 // Segments computes the L2 segments of the topology.
 func (t *Topology) Segments() *Segments {
-	s := &Segments{parent: map[string]string{}}
-	join := func(e Endpoint) {
+	s := &Segments{wire: newUnionFind(), tag: newUnionFind()}
+	filtering := func(ns, br string) *Bridge {
+		if b := t.Bridge(ns, br); b != nil && b.VLANFiltering {
+			return b
+		}
+		return nil
+	}
+	type port struct {
+		ns, name, bridge string
+		vlan             *PortVLAN
+	}
+	var ports []port
+	var subifs []VLANInterface
+	each := func(e Endpoint) {
 		if e.Bridge != "" {
-			s.union(ifKey(e.Namespace, e.Name), ifKey(e.Namespace, e.Bridge))
+			ports = append(ports, port{e.Namespace, e.Name, e.Bridge, e.VLAN})
 		}
 	}
 	for _, l := range t.Links {
@@ -47,18 +85,54 @@ func (t *Topology) Segments() *Segments {
 			continue
 		}
 		a, b := l.Endpoints[0], l.Endpoints[1]
-		s.union(ifKey(a.Namespace, a.Name), ifKey(b.Namespace, b.Name))
-		join(a)
-		join(b)
+		s.wire.union(ifKey(a.Namespace, a.Name), ifKey(b.Namespace, b.Name))
+		each(a)
+		each(b)
 	}
 	if u := t.Uplink; u != nil && u.Mode != ModeIsolated {
 		if u.Peer != nil {
-			s.union(ifKey(u.Namespace, u.Name), ifKey(u.Peer.Namespace, u.Peer.Name))
-			join(*u.Peer)
+			s.wire.union(ifKey(u.Namespace, u.Name), ifKey(u.Peer.Namespace, u.Peer.Name))
+			each(*u.Peer)
 		}
 		if u.Mode == ModeBridge && u.Bridge != "" {
-			s.union(ifKey(u.Namespace, u.Name), ifKey(u.Namespace, u.Bridge))
+			ports = append(ports, port{u.Namespace, u.Name, u.Bridge, u.VLAN})
 		}
+	}
+	for _, v := range t.VLANs {
+		subifs = append(subifs, v)
+		if v.Bridge != "" {
+			ports = append(ports, port{v.Namespace, v.Name, v.Bridge, nil})
+		}
+	}
+	// Pass 1: bridges that do not filter VLANs pass every tag.
+	for _, p := range ports {
+		if filtering(p.ns, p.bridge) == nil {
+			s.wire.union(ifKey(p.ns, p.name), ifKey(p.ns, p.bridge))
+		}
+	}
+	// Pass 2.
+	for _, b := range t.Bridges {
+		if b.VLANFiltering {
+			k := ifKey(b.Namespace, b.Name)
+			s.tag.union(s.node(k, 0), s.node(k, b.PVID()))
+		}
+	}
+	for _, p := range ports {
+		b := filtering(p.ns, p.bridge)
+		if b == nil {
+			continue
+		}
+		pk, bk := ifKey(p.ns, p.name), ifKey(p.ns, p.bridge)
+		pvid, _, tagged := p.vlan.Membership(b.PVID())
+		if pvid != 0 {
+			s.tag.union(s.node(pk, 0), s.node(bk, pvid))
+		}
+		for _, v := range tagged {
+			s.tag.union(s.node(pk, v), s.node(bk, v))
+		}
+	}
+	for _, v := range subifs {
+		s.tag.union(s.node(ifKey(v.Namespace, v.Name), 0), s.node(ifKey(v.Namespace, v.Parent), v.ID))
 	}
 	return s
 }

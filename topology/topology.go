@@ -48,7 +48,9 @@ type Topology struct {
 	Namespaces []Namespace `yaml:"namespaces" json:"namespaces"`
 	Bridges    []Bridge    `yaml:"bridges,omitempty" json:"bridges,omitempty"`
 	Links      []Link      `yaml:"links,omitempty" json:"links,omitempty"`
-	Uplink     *Uplink     `yaml:"uplink,omitempty" json:"uplink,omitempty"`
+	// VLANs are 802.1Q sub-interfaces (e.g. eth0.100) of declared interfaces.
+	VLANs  []VLANInterface `yaml:"vlans,omitempty" json:"vlans,omitempty"`
+	Uplink *Uplink         `yaml:"uplink,omitempty" json:"uplink,omitempty"`
 
 	// File is the path the topology was loaded from ("" for one built in code).
 	File string `yaml:"-" json:"-"`
@@ -79,6 +81,67 @@ type Bridge struct {
 	// reference design keeps the bridge namespace pure L2 and puts the gateway in
 	// the host namespace instead; see docs/topology.md.
 	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
+	// VLANFiltering makes the bridge VLAN-aware: each port's VLAN membership
+	// (its `vlan`) decides which frames it carries, tagged or not.
+	VLANFiltering bool `yaml:"vlan_filtering,omitempty" json:"vlan_filtering,omitempty"`
+	// DefaultPVID is the VLAN of ports (and of the bridge device itself) that
+	// declare no `vlan` (default 1). Only with vlan_filtering.
+	DefaultPVID int `yaml:"default_pvid,omitempty" json:"default_pvid,omitempty"`
+}
+
+// PVID is the bridge's default port VLAN: DefaultPVID, or 1.
+func (b *Bridge) PVID() int {
+	if b.DefaultPVID == 0 {
+		return 1
+	}
+	return b.DefaultPVID
+}
+
+// PortVLAN is the VLAN membership of a port of a VLAN-filtering bridge:
+// an access port (one VLAN, untagged), or a trunk (tagged VLANs) with an
+// optional native VLAN for untagged frames.
+type PortVLAN struct {
+	Access int   `yaml:"access,omitempty" json:"access,omitempty"`
+	Trunk  []int `yaml:"trunk,omitempty" json:"trunk,omitempty"`
+	Native int   `yaml:"native,omitempty" json:"native,omitempty"`
+}
+
+// Membership returns the port's PVID (0: untagged frames are dropped), its
+// untagged VLANs and its tagged VLANs. A nil PortVLAN is the bridge default:
+// untagged member of defaultPVID.
+func (p *PortVLAN) Membership(defaultPVID int) (pvid int, untagged, tagged []int) {
+	switch {
+	case p == nil:
+		if defaultPVID == 0 {
+			return 0, nil, nil
+		}
+		return defaultPVID, []int{defaultPVID}, nil
+	case p.Access != 0:
+		return p.Access, []int{p.Access}, nil
+	}
+	if p.Native != 0 {
+		untagged = []int{p.Native}
+	}
+	return p.Native, untagged, p.Trunk
+}
+
+// VLANInterface is an 802.1Q sub-interface: frames it sends leave Parent
+// tagged with ID; tagged frames arriving on Parent with ID come out here.
+type VLANInterface struct {
+	Namespace string `yaml:"namespace" json:"namespace"`
+	// Name of the sub-interface, e.g. "eth0.100" (at most 15 bytes).
+	Name string `yaml:"name" json:"name"`
+	// Parent is a declared interface in the same namespace.
+	Parent string `yaml:"parent" json:"parent"`
+	// ID is the VLAN ID, 1..4094.
+	ID int `yaml:"id" json:"id"`
+	// MAC is explicit, or the parent's (the kernel's default) when empty.
+	MAC       string   `yaml:"mac,omitempty" json:"mac,omitempty"`
+	MTU       int      `yaml:"mtu,omitempty" json:"mtu,omitempty"`
+	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
+	// Bridge enslaves the sub-interface to a bridge in its namespace (the
+	// per-VLAN-bridge design: one bridge per VLAN fed from a trunk).
+	Bridge string `yaml:"bridge,omitempty" json:"bridge,omitempty"`
 }
 
 // Link is a veth pair: a cable between two namespaces. Either end may be a
@@ -99,6 +162,8 @@ type Endpoint struct {
 	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
 	// Bridge, when set, enslaves this end to that bridge (in the same namespace).
 	Bridge string `yaml:"bridge,omitempty" json:"bridge,omitempty"`
+	// VLAN is the port's membership on a VLAN-filtering Bridge.
+	VLAN *PortVLAN `yaml:"vlan,omitempty" json:"vlan,omitempty"`
 }
 
 // Route is a static route inside a namespace.
@@ -122,6 +187,9 @@ type Uplink struct {
 	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
 	// Bridge (mode bridge): the bridge in Namespace that the uplink joins.
 	Bridge string `yaml:"bridge,omitempty" json:"bridge,omitempty"`
+	// VLAN (mode bridge, on a VLAN-filtering bridge): the uplink's port
+	// membership, typically a trunk to the external switch.
+	VLAN *PortVLAN `yaml:"vlan,omitempty" json:"vlan,omitempty"`
 	// Device names a real NIC of the root namespace (e.g. eth0) to move into
 	// Namespace. It is only done with the explicit opt-in (`up --move-host-nic`)
 	// and `down` moves it back. Exclusive with Peer.

@@ -13,6 +13,8 @@ import (
 
 // Limits enforced by validation.
 const (
+	MinVLAN      = 1
+	MaxVLAN      = 4094
 	MaxIfNameLen = 15 // IFNAMSIZ - 1
 	MaxNSNameLen = 64
 	MaxNameLen   = 32
@@ -40,6 +42,8 @@ func (t *Topology) Validate() error {
 	v.bridges()
 	v.links()
 	v.uplink()
+	v.vlans()
+	v.portVLANs()
 	v.macs()
 	v.addresses()
 	v.routes()
@@ -196,6 +200,14 @@ func (v *validator) bridges() {
 		v.mtu(b.MTU, f+".mtu")
 		if b.AgeingTime != nil && (*b.AgeingTime < 0 || *b.AgeingTime > MaxAgeing) {
 			v.c.add(f+".ageing_time", "ageing time %d s is out of range 0..%d", *b.AgeingTime, MaxAgeing)
+		}
+		if b.DefaultPVID != 0 {
+			switch {
+			case !b.VLANFiltering:
+				v.c.add(f+".default_pvid", "default_pvid needs vlan_filtering: true on the bridge")
+			case b.DefaultPVID < MinVLAN || b.DefaultPVID > MaxVLAN:
+				v.c.add(f+".default_pvid", "VLAN ID %d is out of range %d..%d", b.DefaultPVID, MinVLAN, MaxVLAN)
+			}
 		}
 	}
 }
@@ -373,6 +385,11 @@ func (v *validator) eachMACField(fn func(f, mac string)) {
 			}
 		}
 	}
+	for i, vl := range t.VLANs {
+		if vl.MAC != "" {
+			fn(fmt.Sprintf("vlans[%d].mac", i), vl.MAC)
+		}
+	}
 	if u := t.Uplink; u != nil {
 		if u.MAC != "" {
 			fn("uplink.mac", u.MAC)
@@ -401,6 +418,11 @@ func (t *Topology) eachAddress(fn func(ns, iface, field, addr string)) {
 			for k, a := range e.Addresses {
 				fn(e.Namespace, e.Name, fmt.Sprintf("links[%d].endpoints[%d].addresses[%d]", i, j, k), a)
 			}
+		}
+	}
+	for i, vl := range t.VLANs {
+		for k, a := range vl.Addresses {
+			fn(vl.Namespace, vl.Name, fmt.Sprintf("vlans[%d].addresses[%d]", i, k), a)
 		}
 	}
 	if u := t.Uplink; u != nil {
@@ -781,7 +803,7 @@ func (v *validator) defaulted(field string) string {
 // loops reports links that close a loop between bridges, which floods the
 // segment with copies of every broadcast unless STP blocks a port.
 func (v *validator) loops() {
-	s := &Segments{parent: map[string]string{}}
+	s := newUnionFind()
 	edge := func(a, b Endpoint, f string) {
 		if a.Bridge == "" || b.Bridge == "" {
 			return
@@ -836,4 +858,141 @@ func sortErrors(l ErrorList) {
 		}
 		return l[i].Column < l[j].Column
 	})
+}
+
+// vlans checks the 802.1Q sub-interfaces: a declared parent in the same
+// namespace, a valid and unique ID per parent, an MTU that fits the parent's
+// (the tag travels beyond the MTU, so the sub-interface cannot exceed it),
+// and bridge membership without addresses.
+func (v *validator) vlans() {
+	seen := map[string]string{}
+	for i, vl := range v.t.VLANs {
+		f := fmt.Sprintf("vlans[%d]", i)
+		if !v.nsRef(vl.Namespace, f+".namespace") {
+			continue
+		}
+		if vl.ID < MinVLAN || vl.ID > MaxVLAN {
+			v.c.add(f+".id", "VLAN ID %d is out of range %d..%d", vl.ID, MinVLAN, MaxVLAN)
+		}
+		parentMTU := 0
+		switch {
+		case vl.Parent == "":
+			v.c.add(f+".parent", "name the interface that carries this VLAN (e.g. eth0)")
+		case vl.Parent == "lo" || v.ifaces[vl.Namespace][vl.Parent] == "":
+			v.c.add(f+".parent", "interface %q is not declared in namespace %q (declare it as a link end, a bridge or the uplink first)", vl.Parent, vl.Namespace)
+		default:
+			parentMTU = v.declaredMTU(vl.Namespace, vl.Parent)
+			key := vl.Namespace + "/" + vl.Parent + "/" + fmt.Sprint(vl.ID)
+			if prev, ok := seen[key]; ok {
+				v.c.add(f+".id", "VLAN %d on %q is already declared at %s", vl.ID, vl.Parent, v.c.at(prev))
+			} else {
+				seen[key] = f
+			}
+		}
+		v.iface(vl.Namespace, vl.Name, f+".name")
+		v.mtu(vl.MTU, f+".mtu")
+		if vl.MTU != 0 && parentMTU != 0 && vl.MTU > parentMTU {
+			v.c.add(f+".mtu", "MTU %d is larger than the MTU %d of its parent %q; the 802.1Q tag travels on top of the parent's MTU, so a VLAN interface can be at most as large", vl.MTU, parentMTU, vl.Parent)
+		}
+		if vl.Bridge != "" {
+			v.bridgeRef(vl.Namespace, vl.Bridge, f+".bridge")
+			if len(vl.Addresses) > 0 {
+				v.c.add(f+".addresses", "%q is a port of bridge %q and cannot hold addresses; put them on the bridge", vl.Name, vl.Bridge)
+			}
+		}
+	}
+}
+
+// declaredMTU is the MTU the topology gives interface name in ns (0 when
+// the kernel decides, as for a bridge without mtu or a moved NIC).
+func (v *validator) declaredMTU(ns, name string) int {
+	for _, l := range v.t.Links {
+		for _, e := range l.Endpoints {
+			if e.Namespace == ns && e.Name == name {
+				return l.MTU
+			}
+		}
+	}
+	if b := v.t.Bridge(ns, name); b != nil {
+		return b.MTU
+	}
+	if u := v.t.Uplink; u != nil && u.Peer != nil && ((u.Namespace == ns && u.Name == name) || (u.Peer.Namespace == ns && u.Peer.Name == name)) {
+		return DefaultMTU
+	}
+	for _, vl := range v.t.VLANs {
+		if vl.Namespace == ns && vl.Name == name {
+			return vl.MTU
+		}
+	}
+	return 0
+}
+
+// portVLANs checks each port's VLAN membership (access, or trunk with an
+// optional native VLAN) on a VLAN-filtering bridge, and that the VLANs of
+// access ports on the uplink's bridge are carried by the uplink's trunk.
+func (v *validator) portVLANs() {
+	check := func(ns, bridge string, pv *PortVLAN, f string) {
+		if pv == nil {
+			return
+		}
+		if bridge == "" {
+			v.c.add(f, "VLAN membership is for bridge ports; set bridge too (or use a VLAN sub-interface under vlans)")
+			return
+		}
+		if b := v.t.Bridge(ns, bridge); b != nil && !b.VLANFiltering {
+			v.c.add(f, "bridge %q does not filter VLANs: set vlan_filtering: true on it, or build one bridge per VLAN fed by VLAN sub-interfaces (see docs/topology.md)", bridge)
+			return
+		}
+		inRange := func(id int, ff string) bool {
+			if id < MinVLAN || id > MaxVLAN {
+				v.c.add(ff, "VLAN ID %d is out of range %d..%d", id, MinVLAN, MaxVLAN)
+				return false
+			}
+			return true
+		}
+		switch {
+		case pv.Access != 0 && (len(pv.Trunk) > 0 || pv.Native != 0):
+			v.c.add(f+".access", "a port is either access (one untagged VLAN) or trunk (tagged VLANs, optional native), not both")
+		case pv.Access != 0:
+			inRange(pv.Access, f+".access")
+		case len(pv.Trunk) == 0 && pv.Native == 0:
+			v.c.add(f, "give access: VLAN, or trunk: [VLANs] (and optionally native: VLAN)")
+		default:
+			seen := map[int]bool{}
+			for k, id := range pv.Trunk {
+				ff := fmt.Sprintf("%s.trunk[%d]", f, k)
+				if !inRange(id, ff) {
+					continue
+				}
+				if seen[id] {
+					v.c.add(ff, "VLAN %d is listed twice", id)
+				}
+				seen[id] = true
+			}
+			if pv.Native != 0 && inRange(pv.Native, f+".native") && seen[pv.Native] {
+				v.c.add(f+".native", "VLAN %d is both native (untagged) and in the trunk (tagged) on this port; a port carries a VLAN one way", pv.Native)
+			}
+		}
+	}
+	var trunk map[int]bool
+	u := v.t.Uplink
+	if u != nil && u.Mode == ModeBridge && u.VLAN != nil && u.VLAN.Access == 0 {
+		trunk = map[int]bool{u.VLAN.Native: true}
+		for _, id := range u.VLAN.Trunk {
+			trunk[id] = true
+		}
+	}
+	v.eachEndpoint(func(e Endpoint, f string) {
+		check(e.Namespace, e.Bridge, e.VLAN, f+".vlan")
+		if trunk != nil && e.VLAN != nil && e.VLAN.Access != 0 && e.Namespace == u.Namespace && e.Bridge == u.Bridge && !trunk[e.VLAN.Access] {
+			v.c.add(f+".vlan.access", "VLAN %d is not carried by the uplink's trunk on bridge %q, so this port cannot reach the outside; add it to uplink.vlan.trunk", e.VLAN.Access, u.Bridge)
+		}
+	})
+	if u != nil && u.VLAN != nil {
+		if u.Mode != ModeBridge {
+			v.c.add("uplink.vlan", "VLAN membership needs mode bridge (the uplink is then a port of uplink.bridge)")
+		} else {
+			check(u.Namespace, u.Bridge, u.VLAN, "uplink.vlan")
+		}
+	}
 }

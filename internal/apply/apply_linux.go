@@ -255,6 +255,8 @@ func (e *Executor) run(s plan.Step) error {
 				return pc.SetMaster(s.Peer.Name, s.Peer.Master)
 			}
 			return nil
+		case model.KindVLAN:
+			return c.CreateVLAN(s.Link, mark)
 		}
 		return fmt.Errorf("create %s %q: kvmnet cannot create this kind of link", s.Link.Kind, s.Link.Name)
 	case plan.OpDeleteLink:
@@ -271,6 +273,8 @@ func (e *Executor) run(s plan.Step) error {
 		return e.Devices.Return(c, s.Link)
 	case plan.OpSetLink:
 		return setLink(c, s.Link.Name, s.Set)
+	case plan.OpPortVLANs:
+		return c.SetPortVLANs(s.Link.Name, s.VLANs)
 	case plan.OpAddAddr:
 		return c.AddAddr(s.Link.Name, s.Addr)
 	case plan.OpDelAddr:
@@ -304,8 +308,9 @@ func setLink(c *link.Conn, name string, a *plan.LinkAttrs) error {
 			return err
 		}
 	}
-	if a.STP != nil || a.Ageing != nil {
-		if err := c.SetBridgeOpts(name, a.STP, a.Ageing); err != nil {
+	if a.STP != nil || a.Ageing != nil || a.VLANFiltering != nil || a.DefaultPVID != nil {
+		ch := link.BridgeChange{STP: a.STP, Ageing: a.Ageing, VLANFiltering: a.VLANFiltering, DefaultPVID: a.DefaultPVID}
+		if err := c.SetBridgeOpts(name, ch); err != nil {
 			return err
 		}
 	}

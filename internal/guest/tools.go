@@ -17,12 +17,12 @@ type Tool struct {
 }
 
 // DefaultTools are the independent witnesses tests use: iproute2, ping and
-// nft, the same binaries as on the host; plus sh and cat, which tests run
-// through `ip netns exec`.
+// nft, the same binaries as on the host; plus sh, cat and sysctl, which tests
+// run through `ip netns exec` (and the scripts `kvmnet plan -o sh` writes).
 var DefaultTools = []Tool{
 	{"ip", "iproute2"}, {"bridge", "iproute2"}, {"tc", "iproute2"},
 	{"ping", "iputils-ping"}, {"nft", "nftables"},
-	{"sh", "dash"}, {"cat", "coreutils"},
+	{"sh", "dash"}, {"cat", "coreutils"}, {"sysctl", "procps"},
 }
 
 // DefaultDataFiles are host data files the tools read; missing ones are

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -172,12 +173,107 @@ func (c *Conn) CreateBridge(l *model.Link, mark string) error {
 	if l.Bridge != nil {
 		data.AddRtAttr(nl.IFLA_BR_STP_STATE, nl.Uint32Attr(b2u(l.Bridge.STP)))
 		data.AddRtAttr(nl.IFLA_BR_AGEING_TIME, nl.Uint32Attr(uint32(l.Bridge.AgeingTime*100)))
+		if l.Bridge.VLANFiltering {
+			data.AddRtAttr(nl.IFLA_BR_VLAN_FILTERING, []byte{1})
+		}
+		if l.Bridge.DefaultPVID != 0 {
+			data.AddRtAttr(nl.IFLA_BR_VLAN_DEFAULT_PVID, nl.Uint16Attr(uint16(l.Bridge.DefaultPVID)))
+		}
 	}
 	req.AddData(info)
 	if err := c.exec(req); err != nil {
+		if l.Bridge != nil && l.Bridge.VLANFiltering {
+			return fmt.Errorf("create bridge %q in namespace %q: %w", l.Name, c.NS.Name,
+				kernelfeat.Check(kernelfeat.BridgeVLANFiltering, translate(err)))
+		}
 		return c.createErr("bridge", l.Name, err)
 	}
 	return c.SetAlias(l.Name, mark)
+}
+
+// CreateVLAN creates the 802.1Q sub-interface l (ID l.VID on l.Parent) with
+// its MAC, MTU and master, up, and marks it.
+func (c *Conn) CreateVLAN(l *model.Link, mark string) error {
+	pi, err := c.Index(l.Parent)
+	if err != nil {
+		return err
+	}
+	req := c.request(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	req.AddData(upMsg(l.Up))
+	req.AddData(ifname(l.Name))
+	req.AddData(u32(unix.IFLA_LINK, uint32(pi)))
+	if err := linkAttrs(reqParent{req}, l); err != nil {
+		return err
+	}
+	if l.Master != "" {
+		mi, err := c.Index(l.Master)
+		if err != nil {
+			return err
+		}
+		req.AddData(u32(unix.IFLA_MASTER, uint32(mi)))
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("vlan"))
+	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+	data.AddRtAttr(nl.IFLA_VLAN_ID, nl.Uint16Attr(uint16(l.VID)))
+	req.AddData(info)
+	if err := c.exec(req); err != nil {
+		return c.createErr("vlan", l.Name, err)
+	}
+	return c.SetAlias(l.Name, mark)
+}
+
+// PortVLANs returns the VLAN membership of port name (sorted by VID).
+func (c *Conn) PortVLANs(name string) ([]model.VLANEntry, error) {
+	idx, err := c.Index(name)
+	if err != nil {
+		return nil, err
+	}
+	all, err := c.h.BridgeVlanList()
+	if err != nil {
+		return nil, fmt.Errorf("list bridge VLANs in namespace %q: %w", c.NS.Name, translate(err))
+	}
+	return vlanEntries(all[int32(idx)]), nil
+}
+
+func vlanEntries(infos []*nl.BridgeVlanInfo) []model.VLANEntry {
+	out := make([]model.VLANEntry, 0, len(infos))
+	for _, v := range infos {
+		out = append(out, model.VLANEntry{VID: int(v.Vid), PVID: v.Flags&nl.BRIDGE_VLAN_INFO_PVID != 0, Untagged: v.Flags&nl.BRIDGE_VLAN_INFO_UNTAGGED != 0})
+	}
+	slices.SortFunc(out, func(a, b model.VLANEntry) int { return a.VID - b.VID })
+	return out
+}
+
+// SetPortVLANs makes the VLAN membership of bridge port name exactly want:
+// it reads the current membership, adds or updates what differs, then
+// removes what is not wanted (so a port is never left without its PVID).
+func (c *Conn) SetPortVLANs(name string, want []model.VLANEntry) error {
+	have, err := c.PortVLANs(name)
+	if err != nil {
+		return err
+	}
+	idx, _ := c.Index(name)
+	dev := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: idx, Name: name}}
+	for _, w := range want {
+		if slices.Contains(have, w) {
+			continue
+		}
+		c.Writes++
+		if err := c.h.BridgeVlanAdd(dev, uint16(w.VID), w.PVID, w.Untagged, false, true); err != nil {
+			return fmt.Errorf("add VLAN %s to port %q in namespace %q: %w", w, name, c.NS.Name, translate(err))
+		}
+	}
+	for _, h := range have {
+		if slices.ContainsFunc(want, func(w model.VLANEntry) bool { return w.VID == h.VID }) {
+			continue
+		}
+		c.Writes++
+		if err := c.h.BridgeVlanDel(dev, uint16(h.VID), false, false, false, true); err != nil {
+			return fmt.Errorf("delete VLAN %d from port %q in namespace %q: %w", h.VID, name, c.NS.Name, translate(err))
+		}
+	}
+	return nil
 }
 
 func b2u(b bool) uint32 {
@@ -334,22 +430,39 @@ func (c *Conn) SetMaster(name, master string) error {
 	return nil
 }
 
-// SetBridgeOpts sets STP and/or the ageing time (seconds) of bridge name.
-func (c *Conn) SetBridgeOpts(name string, stp *bool, ageing *int) error {
+// BridgeChange lists the bridge options to change; nil fields stay.
+type BridgeChange struct {
+	STP           *bool
+	Ageing        *int // seconds
+	VLANFiltering *bool
+	DefaultPVID   *int
+}
+
+// SetBridgeOpts changes options of bridge name in one request.
+func (c *Conn) SetBridgeOpts(name string, ch BridgeChange) error {
 	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
 	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("bridge"))
 	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
-	if stp != nil {
-		data.AddRtAttr(nl.IFLA_BR_STP_STATE, nl.Uint32Attr(b2u(*stp)))
+	if ch.STP != nil {
+		data.AddRtAttr(nl.IFLA_BR_STP_STATE, nl.Uint32Attr(b2u(*ch.STP)))
 	}
-	if ageing != nil {
-		data.AddRtAttr(nl.IFLA_BR_AGEING_TIME, nl.Uint32Attr(uint32(*ageing*100)))
+	if ch.Ageing != nil {
+		data.AddRtAttr(nl.IFLA_BR_AGEING_TIME, nl.Uint32Attr(uint32(*ch.Ageing*100)))
+	}
+	if ch.VLANFiltering != nil {
+		data.AddRtAttr(nl.IFLA_BR_VLAN_FILTERING, []byte{byte(b2u(*ch.VLANFiltering))})
+	}
+	if ch.DefaultPVID != nil {
+		data.AddRtAttr(nl.IFLA_BR_VLAN_DEFAULT_PVID, nl.Uint16Attr(uint16(*ch.DefaultPVID)))
 	}
 	req := c.request(unix.RTM_NEWLINK, unix.NLM_F_ACK)
 	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
 	req.AddData(ifname(name))
 	req.AddData(info)
 	if err := translate(c.exec(req)); err != nil {
+		if ch.VLANFiltering != nil && *ch.VLANFiltering {
+			err = kernelfeat.Check(kernelfeat.BridgeVLANFiltering, err)
+		}
 		return fmt.Errorf("set bridge options of %q in namespace %q: %w", name, c.NS.Name, err)
 	}
 	return nil

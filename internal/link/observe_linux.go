@@ -47,6 +47,7 @@ func (c *Conn) Observe() (*model.Namespace, error) {
 	ns := &model.Namespace{Name: c.NS.Name, Links: map[string]*model.Link{}, Routes: map[string]*model.Route{}, Sysctls: map[string]string{}}
 	byIndex := map[int]*model.Link{}
 	masters := map[*model.Link]int{}
+	parents := map[*model.Link]int{}
 	for _, nl := range links {
 		a := nl.Attrs()
 		if a.Name == "lo" {
@@ -72,6 +73,10 @@ func (c *Conn) Observe() (*model.Namespace, error) {
 		case nl.Type() == "veth":
 			l.Kind = model.KindVeth
 			l.Peer = peer
+		case nl.Type() == "vlan":
+			l.Kind = model.KindVLAN
+			l.VID = nl.(*netlink.Vlan).VlanId
+			parents[l] = a.ParentIndex
 		default:
 			l.Kind = model.KindOther
 		}
@@ -88,10 +93,29 @@ func (c *Conn) Observe() (*model.Namespace, error) {
 			l.Master = m.Name
 		}
 	}
+	for l, pi := range parents {
+		if p := byIndex[pi]; p != nil {
+			l.Parent = p.Name
+		}
+	}
+	filtering := false
 	for _, l := range ns.Links {
 		if l.Kind == model.KindBridge && l.Owner != "" {
 			if l.Bridge, err = c.bridgeOpts(l.Name); err != nil {
 				return nil, err
+			}
+			filtering = filtering || l.Bridge.VLANFiltering
+		}
+	}
+	// Port VLANs matter only on VLAN-filtering bridges: dump them only then.
+	if filtering {
+		all, err := c.h.BridgeVlanList()
+		if err != nil {
+			return nil, fmt.Errorf("list bridge VLANs in namespace %q: %w", c.NS.Name, translate(err))
+		}
+		for _, l := range ns.Links {
+			if m := ns.Links[l.Master]; m != nil && m.Bridge != nil && m.Bridge.VLANFiltering {
+				l.PortVLANs = vlanEntries(all[int32(l.Index)])
 			}
 		}
 	}
@@ -183,6 +207,10 @@ func (c *Conn) bridgeOpts(name string) (*model.BridgeOpts, error) {
 					opts.STP = native().Uint32(d.Value) != 0
 				case nl.IFLA_BR_AGEING_TIME:
 					opts.AgeingTime = int(native().Uint32(d.Value) / 100)
+				case nl.IFLA_BR_VLAN_FILTERING:
+					opts.VLANFiltering = d.Value[0] != 0
+				case nl.IFLA_BR_VLAN_DEFAULT_PVID:
+					opts.DefaultPVID = int(native().Uint16(d.Value))
 				}
 			}
 		}

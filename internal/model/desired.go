@@ -55,18 +55,31 @@ func Desired(t *topology.Topology) *State {
 		return out
 	}
 	for _, b := range t.Bridges {
+		opts := &BridgeOpts{STP: b.STP, AgeingTime: *b.AgeingTime, VLANFiltering: b.VLANFiltering}
+		if b.VLANFiltering {
+			opts.DefaultPVID = b.PVID()
+		}
 		l := &Link{
 			Name: b.Name, Kind: KindBridge, Owner: id, MAC: b.MAC, MTU: b.MTU, Up: true,
-			Addrs:  addrs(b.Addresses),
-			Bridge: &BridgeOpts{STP: b.STP, AgeingTime: *b.AgeingTime},
+			Addrs: addrs(b.Addresses), Bridge: opts,
 		}
 		nsOf(b.Namespace).Links[b.Name] = l
+	}
+	// portVLANs is the membership of a port of bridge br in ns, or nil when
+	// br does not filter VLANs.
+	portVLANs := func(ns, br string, pv *topology.PortVLAN) []VLANEntry {
+		b := t.Bridge(ns, br)
+		if b == nil || !b.VLANFiltering {
+			return nil
+		}
+		return PortVLANEntries(pv.Membership(b.PVID()))
 	}
 	veth := func(a, b topology.Endpoint, mtu int) {
 		nsOf(a.Namespace).Links[a.Name] = &Link{
 			Name: a.Name, Kind: KindVeth, Owner: id, MAC: a.MAC, MTU: mtu, Up: true,
 			Master: a.Bridge, Addrs: addrs(a.Addresses),
-			Peer: PeerRef{NS: t.NSName(b.Namespace), Name: b.Name},
+			Peer:      PeerRef{NS: t.NSName(b.Namespace), Name: b.Name},
+			PortVLANs: portVLANs(a.Namespace, a.Bridge, a.VLAN),
 		}
 	}
 	for _, l := range t.Links {
@@ -77,7 +90,7 @@ func Desired(t *topology.Topology) *State {
 	if u := t.Uplink; u != nil && u.Mode != topology.ModeIsolated {
 		self := topology.Endpoint{Namespace: u.Namespace, Name: u.Name, MAC: u.MAC, Addresses: u.Addresses}
 		if u.Mode == topology.ModeBridge {
-			self.Bridge = u.Bridge
+			self.Bridge, self.VLAN = u.Bridge, u.VLAN
 		}
 		if u.Peer != nil {
 			veth(self, *u.Peer, topology.DefaultMTU)
@@ -86,10 +99,18 @@ func Desired(t *topology.Topology) *State {
 			nsOf(u.Namespace).Links[u.Name] = &Link{
 				Name: u.Name, Kind: KindDevice, Owner: id, MAC: u.MAC, Up: true,
 				Master: self.Bridge, Addrs: addrs(u.Addresses), Origin: u.Device,
+				PortVLANs: portVLANs(u.Namespace, self.Bridge, self.VLAN),
 			}
 		}
 		if u.Mode == topology.ModeRouted || u.Mode == topology.ModeNAT {
 			nsOf(u.Namespace).Sysctls[SysctlIPv4Forward] = "1"
+		}
+	}
+	for _, v := range t.VLANs {
+		nsOf(v.Namespace).Links[v.Name] = &Link{
+			Name: v.Name, Kind: KindVLAN, Owner: id, MAC: v.MAC, MTU: v.MTU, Up: true,
+			Master: v.Bridge, Addrs: addrs(v.Addresses), Parent: v.Parent, VID: v.ID,
+			PortVLANs: portVLANs(v.Namespace, v.Bridge, nil),
 		}
 	}
 	// kvmnet manages the nftables table of every host namespace: NAT mode

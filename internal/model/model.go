@@ -20,6 +20,7 @@ const (
 	KindBridge Kind = "bridge"
 	KindVeth   Kind = "veth"
 	KindDevice Kind = "device" // a real NIC moved in from the root namespace
+	KindVLAN   Kind = "vlan"   // an 802.1Q sub-interface of Parent
 	KindOther  Kind = "other"
 )
 
@@ -62,6 +63,12 @@ type Link struct {
 	Bridge *BridgeOpts    // bridge only
 	// Origin is the root-namespace name of a moved real NIC (KindDevice).
 	Origin string
+	// Parent and VID: a VLAN sub-interface's parent (same namespace) and ID.
+	Parent string
+	VID    int
+	// PortVLANs is the membership of a port of a VLAN-filtering bridge,
+	// sorted by VID; nil when the link is not such a port.
+	PortVLANs []VLANEntry
 	// Index is the kernel ifindex (observed only; ignored by Diff).
 	Index int
 }
@@ -76,8 +83,57 @@ func (p PeerRef) String() string { return p.NS + "/" + p.Name }
 
 // BridgeOpts are the bridge settings kvmnet manages.
 type BridgeOpts struct {
-	STP        bool
-	AgeingTime int // seconds
+	STP           bool
+	AgeingTime    int // seconds
+	VLANFiltering bool
+	// DefaultPVID is managed when VLANFiltering is on (0: not managed).
+	DefaultPVID int
+}
+
+// VLANEntry is one VLAN of a bridge port: PVID marks the VLAN that
+// untagged ingress frames join, Untagged that egress frames leave untagged.
+type VLANEntry struct {
+	VID      int  `json:"vid"`
+	PVID     bool `json:"pvid,omitempty"`
+	Untagged bool `json:"untagged,omitempty"`
+}
+
+func (e VLANEntry) String() string {
+	s := fmt.Sprint(e.VID)
+	if e.PVID {
+		s += " pvid"
+	}
+	if e.Untagged {
+		s += " untagged"
+	}
+	return s
+}
+
+// PortVLANEntries turns a membership (PVID, untagged and tagged VLANs) into
+// sorted entries.
+func PortVLANEntries(pvid int, untagged, tagged []int) []VLANEntry {
+	m := map[int]*VLANEntry{}
+	get := func(v int) *VLANEntry {
+		if m[v] == nil {
+			m[v] = &VLANEntry{VID: v}
+		}
+		return m[v]
+	}
+	for _, v := range untagged {
+		get(v).Untagged = true
+	}
+	for _, v := range tagged {
+		get(v)
+	}
+	if pvid != 0 {
+		get(pvid).PVID = true
+	}
+	out := make([]VLANEntry, 0, len(m))
+	for _, e := range m {
+		out = append(out, *e)
+	}
+	slices.SortFunc(out, func(a, b VLANEntry) int { return a.VID - b.VID })
+	return out
 }
 
 // Route is a static route in a namespace's main table.

@@ -32,7 +32,7 @@ type differ struct {
 	done              map[string]bool // "ns/name" of veth ends already handled
 	errs              []error
 
-	createNS, sysctl, delLink, createLink, setLink, delAddr, addAddr, delRoute, addRoute, firewall, delNS []Step
+	createNS, sysctl, delLink, createLink, setLink, portVLANs, delAddr, addAddr, delRoute, addRoute, firewall, delNS []Step
 }
 
 func (d *differ) step(op Op, ns string) Step { return Step{Op: op, NS: ns, Network: d.net} }
@@ -67,20 +67,25 @@ func (d *differ) run() ([]Step, error) {
 	// Bridges before the veths that join them, moved NICs last.
 	slices.SortStableFunc(d.createLink, func(a, b Step) int { return kindRank(a) - kindRank(b) })
 	var out []Step
-	for _, part := range [][]Step{d.createNS, d.sysctl, d.delLink, d.createLink, d.setLink, d.addAddr, d.delAddr, d.delRoute, d.addRoute, d.firewall, d.delNS} {
+	for _, part := range [][]Step{d.createNS, d.sysctl, d.delLink, d.createLink, d.setLink, d.portVLANs, d.addAddr, d.delAddr, d.delRoute, d.addRoute, d.firewall, d.delNS} {
 		out = append(out, part...)
 	}
 	return out, nil
 }
 
+// kindRank orders creations: bridges, then veths (which may be their
+// ports), then moved NICs, then VLAN sub-interfaces (whose parent may be
+// any of those).
 func kindRank(s Step) int {
 	switch {
 	case s.Op == OpCreateLink && s.Link.Kind == model.KindBridge:
 		return 0
-	case s.Op == OpCreateLink:
+	case s.Op == OpCreateLink && s.Link.Kind == model.KindVeth:
 		return 1
+	case s.Op == OpMoveDevice:
+		return 2
 	}
-	return 2
+	return 3
 }
 
 func (d *differ) namespace(want, have *model.Namespace) {
@@ -222,7 +227,8 @@ func (d *differ) link(ns string, want *model.Link, have *model.Namespace) {
 		d.create(ns, want)
 		return
 	}
-	if cur != nil && (cur.Kind != want.Kind || (want.Kind == model.KindDevice && cur.Origin != want.Origin)) {
+	if cur != nil && (cur.Kind != want.Kind || (want.Kind == model.KindDevice && cur.Origin != want.Origin) ||
+		(want.Kind == model.KindVLAN && (cur.Parent != want.Parent || cur.VID != want.VID))) {
 		s := d.step(OpDeleteLink, ns)
 		if cur.Kind == model.KindDevice {
 			s.Op = OpReturnDevice
@@ -246,9 +252,11 @@ func (d *differ) create(ns string, want *model.Link) {
 	}
 	s := d.step(op, ns)
 	s.Link = want
+	d.newPortVLANs(ns, want)
 	if want.Kind == model.KindVeth {
 		peer := d.desired.Namespaces[want.Peer.NS].Links[want.Peer.Name]
 		s.Peer = peer
+		d.newPortVLANs(want.Peer.NS, peer)
 		// Create from the end that has a master, so it is set in the same request.
 		if want.Master == "" && peer.Master != "" {
 			s.NS, s.Link, s.Peer = want.Peer.NS, peer, want
@@ -292,6 +300,12 @@ func (d *differ) update(ns string, want, cur *model.Link) {
 		if want.Bridge.AgeingTime != cb.AgeingTime {
 			set.Ageing, old.Ageing, changed = ptr(want.Bridge.AgeingTime), ptr(cb.AgeingTime), true
 		}
+		if want.Bridge.VLANFiltering != cb.VLANFiltering {
+			set.VLANFiltering, old.VLANFiltering, changed = ptr(want.Bridge.VLANFiltering), ptr(cb.VLANFiltering), true
+		}
+		if want.Bridge.DefaultPVID != 0 && want.Bridge.DefaultPVID != cb.DefaultPVID {
+			set.DefaultPVID, old.DefaultPVID, changed = ptr(want.Bridge.DefaultPVID), ptr(cb.DefaultPVID), true
+		}
 	}
 	if want.Up != cur.Up {
 		set.Up, old.Up, changed = ptr(want.Up), ptr(cur.Up), true
@@ -301,7 +315,30 @@ func (d *differ) update(ns string, want, cur *model.Link) {
 		s.Link, s.Set, s.Old = want, set, old
 		d.setLink = append(d.setLink, s)
 	}
+	if want.PortVLANs != nil && !slices.Equal(want.PortVLANs, cur.PortVLANs) {
+		s := d.step(OpPortVLANs, ns)
+		s.Link, s.VLANs, s.OldVLANs = want, want.PortVLANs, cur.PortVLANs
+		d.portVLANs = append(d.portVLANs, s)
+	}
 	d.addresses(ns, want, cur)
+}
+
+// newPortVLANs sets the VLAN membership of a port about to be created on a
+// VLAN-filtering bridge, which the kernel starts at the bridge's default PVID.
+func (d *differ) newPortVLANs(ns string, l *model.Link) {
+	if l == nil || l.PortVLANs == nil {
+		return
+	}
+	var def []model.VLANEntry
+	if br := d.desired.Namespaces[ns].Links[l.Master]; br != nil && br.Bridge != nil && br.Bridge.DefaultPVID != 0 {
+		def = []model.VLANEntry{{VID: br.Bridge.DefaultPVID, PVID: true, Untagged: true}}
+	}
+	if slices.Equal(def, l.PortVLANs) {
+		return
+	}
+	s := d.step(OpPortVLANs, ns)
+	s.Link, s.VLANs, s.OldVLANs = l, l.PortVLANs, def
+	d.portVLANs = append(d.portVLANs, s)
 }
 
 func (d *differ) addresses(ns string, want, cur *model.Link) {

@@ -25,6 +25,7 @@ const (
 	OpCreateLink   Op = "create-link"
 	OpMoveDevice   Op = "move-device"
 	OpSetLink      Op = "set-link"
+	OpPortVLANs    Op = "set-port-vlans"
 	OpDelAddr      Op = "delete-address"
 	OpAddAddr      Op = "add-address"
 	OpDelRoute     Op = "delete-route"
@@ -55,6 +56,9 @@ type Step struct {
 	Key      string `json:"key,omitempty"`
 	Value    string `json:"value,omitempty"`
 	OldValue string `json:"old_value,omitempty"`
+	// VLANs and OldVLANs: OpPortVLANs makes a bridge port's membership VLANs.
+	VLANs    []model.VLANEntry `json:"vlans,omitempty"`
+	OldVLANs []model.VLANEntry `json:"old_vlans,omitempty"`
 	// Masq and OldMasq: OpFirewall writes kvmnet's nftables table whole.
 	Masq    []model.Masquerade `json:"masquerade,omitempty"`
 	OldMasq []model.Masquerade `json:"old_masquerade,omitempty"`
@@ -70,6 +74,9 @@ type LinkAttrs struct {
 	Up     *bool   `json:"up,omitempty"`
 	STP    *bool   `json:"stp,omitempty"`
 	Ageing *int    `json:"ageing_time,omitempty"`
+	// VLANFiltering and DefaultPVID: bridge VLAN settings.
+	VLANFiltering *bool `json:"vlan_filtering,omitempty"`
+	DefaultPVID   *int  `json:"default_pvid,omitempty"`
 }
 
 // Target names the object a step acts on, for messages: "vm1/eth0".
@@ -113,7 +120,17 @@ func (s Step) String() string {
 			}
 			return fmt.Sprintf("+ %s: veth %s <-> %s mac %s mtu %d%s", s.NS, l.Name, l.Peer, l.MAC, l.MTU, extra)
 		case model.KindBridge:
-			return fmt.Sprintf("+ %s: bridge %s mac %s stp %s ageing %ds", s.NS, l.Name, l.MAC, onOff(l.Bridge.STP), l.Bridge.AgeingTime)
+			vf := ""
+			if l.Bridge.VLANFiltering {
+				vf = fmt.Sprintf(" vlan_filtering on default_pvid %d", l.Bridge.DefaultPVID)
+			}
+			return fmt.Sprintf("+ %s: bridge %s mac %s stp %s ageing %ds%s", s.NS, l.Name, l.MAC, onOff(l.Bridge.STP), l.Bridge.AgeingTime, vf)
+		case model.KindVLAN:
+			extra := ""
+			if l.Master != "" {
+				extra = " master " + l.Master
+			}
+			return fmt.Sprintf("+ %s: vlan %s (%s id %d)%s", s.NS, l.Name, l.Parent, l.VID, extra)
 		}
 		return fmt.Sprintf("+ %s: %s %s", s.NS, l.Kind, l.Name)
 	case OpMoveDevice:
@@ -124,6 +141,8 @@ func (s Step) String() string {
 		return fmt.Sprintf("- %s: %s %s", s.NS, s.Link.Kind, s.Link.Name)
 	case OpSetLink:
 		return fmt.Sprintf("~ %s: link %s %s", s.NS, s.Link.Name, s.Set.describe(s.Old))
+	case OpPortVLANs:
+		return fmt.Sprintf("~ %s: port %s vlans %s (was %s)", s.NS, s.Link.Name, vlanList(s.VLANs), vlanList(s.OldVLANs))
 	case OpAddAddr:
 		return fmt.Sprintf("+ %s: address %s dev %s", s.NS, s.Addr, s.Link.Name)
 	case OpDelAddr:
@@ -164,6 +183,12 @@ func (a *LinkAttrs) describe(old *LinkAttrs) string {
 	}
 	if a.Ageing != nil {
 		parts = append(parts, fmt.Sprintf("ageing %ds (was %ds)", *a.Ageing, *old.Ageing))
+	}
+	if a.VLANFiltering != nil {
+		parts = append(parts, fmt.Sprintf("vlan_filtering %s (was %s)", onOff(*a.VLANFiltering), onOff(*old.VLANFiltering)))
+	}
+	if a.DefaultPVID != nil {
+		parts = append(parts, fmt.Sprintf("default_pvid %d (was %d)", *a.DefaultPVID, *old.DefaultPVID))
 	}
 	if a.Up != nil {
 		parts = append(parts, fmt.Sprintf("state %s (was %s)", upDown(*a.Up), upDown(*old.Up)))
@@ -221,6 +246,8 @@ func (s Step) Inverse() (Step, error) {
 		inv.Op = OpMoveDevice
 	case OpSetLink:
 		inv.Op, inv.Set, inv.Old = OpSetLink, s.Old, s.Set
+	case OpPortVLANs:
+		inv.Op, inv.VLANs, inv.OldVLANs = OpPortVLANs, s.OldVLANs, s.VLANs
 	case OpAddAddr:
 		inv.Op, inv.Addr = OpDelAddr, s.Addr
 	case OpDelAddr:
@@ -277,3 +304,14 @@ func ptr[T any](v T) *T { return &v }
 
 // containsPrefix reports whether ps holds p.
 func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool { return slices.Contains(ps, p) }
+
+func vlanList(es []model.VLANEntry) string {
+	if len(es) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(es))
+	for i, e := range es {
+		parts[i] = e.String()
+	}
+	return strings.Join(parts, ", ")
+}

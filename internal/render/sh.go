@@ -5,6 +5,7 @@ package render
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/kvmnet/kvmnet/internal/link"
@@ -76,9 +77,22 @@ func stepCmds(network string, s plan.Step) []cmd {
 		l := s.Link
 		switch l.Kind {
 		case model.KindBridge:
+			vf := ""
+			if l.Bridge.VLANFiltering {
+				vf = fmt.Sprintf(" vlan_filtering 1 vlan_default_pvid %d", l.Bridge.DefaultPVID)
+			}
 			return []cmd{
-				c("link add %s%s%s type bridge stp_state %d ageing_time %d", l.Name, mac(l), mtu(l), b2i(l.Bridge.STP), l.Bridge.AgeingTime*100),
+				c("link add %s%s%s type bridge stp_state %d ageing_time %d%s", l.Name, mac(l), mtu(l), b2i(l.Bridge.STP), l.Bridge.AgeingTime*100, vf),
 				c("link set dev %s alias %s up", l.Name, q(model.Mark(network, l))),
+			}
+		case model.KindVLAN:
+			master := ""
+			if l.Master != "" {
+				master = " master " + l.Master
+			}
+			return []cmd{
+				c("link add link %s name %s%s%s type vlan id %d", l.Parent, l.Name, mac(l), mtu(l), l.VID),
+				c("link set dev %s%s alias %s up", l.Name, master, q(model.Mark(network, l))),
 			}
 		case model.KindVeth:
 			p := s.Peer
@@ -133,12 +147,39 @@ func stepCmds(network string, s plan.Step) []cmd {
 		if a.Ageing != nil {
 			out = append(out, c("link set dev %s type bridge ageing_time %d", s.Link.Name, *a.Ageing*100))
 		}
+		if a.VLANFiltering != nil {
+			out = append(out, c("link set dev %s type bridge vlan_filtering %d", s.Link.Name, b2i(*a.VLANFiltering)))
+		}
+		if a.DefaultPVID != nil {
+			out = append(out, c("link set dev %s type bridge vlan_default_pvid %d", s.Link.Name, *a.DefaultPVID))
+		}
 		if a.Up != nil {
 			state := "down"
 			if *a.Up {
 				state = "up"
 			}
 			out = append(out, c("link set dev %s %s", s.Link.Name, state))
+		}
+		return out
+	case plan.OpPortVLANs:
+		// `bridge vlan` is not an ip command: plain lines, not in a batch.
+		var out []cmd
+		for _, w := range s.VLANs {
+			if !slices.Contains(s.OldVLANs, w) {
+				flags := ""
+				if w.PVID {
+					flags += " pvid"
+				}
+				if w.Untagged {
+					flags += " untagged"
+				}
+				out = append(out, cmd{raw: fmt.Sprintf("bridge -n %s vlan add dev %s vid %d%s master", ns, s.Link.Name, w.VID, flags)})
+			}
+		}
+		for _, h := range s.OldVLANs {
+			if !slices.ContainsFunc(s.VLANs, func(w model.VLANEntry) bool { return w.VID == h.VID }) {
+				out = append(out, cmd{raw: fmt.Sprintf("bridge -n %s vlan del dev %s vid %d master", ns, s.Link.Name, h.VID)})
+			}
 		}
 		return out
 	case plan.OpAddAddr:
