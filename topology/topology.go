@@ -51,6 +51,12 @@ type Topology struct {
 	// VLANs are 802.1Q sub-interfaces (e.g. eth0.100) of declared interfaces.
 	VLANs  []VLANInterface `yaml:"vlans,omitempty" json:"vlans,omitempty"`
 	Uplink *Uplink         `yaml:"uplink,omitempty" json:"uplink,omitempty"`
+	// Sets are named address or port sets for firewall rules.
+	Sets []Set `yaml:"sets,omitempty" json:"sets,omitempty"`
+	// SecurityGroups are named rule sets attached to NICs.
+	SecurityGroups []SecurityGroup `yaml:"security_groups,omitempty" json:"security_groups,omitempty"`
+	// Expect lists reachabilities `kvmnet verify` checks with probes.
+	Expect []Expectation `yaml:"expect,omitempty" json:"expect,omitempty"`
 
 	// File is the path the topology was loaded from ("" for one built in code).
 	File string `yaml:"-" json:"-"`
@@ -65,6 +71,8 @@ type Namespace struct {
 	// "net.ipv4.ip_forward": "1". Only net.* keys are per-namespace.
 	Sysctls map[string]string `yaml:"sysctls,omitempty" json:"sysctls,omitempty"`
 	Routes  []Route           `yaml:"routes,omitempty" json:"routes,omitempty"`
+	// Firewall is the namespace's packet filter (kvmnet's nftables table).
+	Firewall *Firewall `yaml:"firewall,omitempty" json:"firewall,omitempty"`
 }
 
 // Bridge is a Linux bridge: the L2 switch of one segment.
@@ -164,6 +172,14 @@ type Endpoint struct {
 	Bridge string `yaml:"bridge,omitempty" json:"bridge,omitempty"`
 	// VLAN is the port's membership on a VLAN-filtering Bridge.
 	VLAN *PortVLAN `yaml:"vlan,omitempty" json:"vlan,omitempty"`
+	// SecurityGroups attach named rule sets to this NIC, enforced in its
+	// namespace.
+	SecurityGroups []string `yaml:"security_groups,omitempty" json:"security_groups,omitempty"`
+	// Guard limits what this NIC may send into the bridge at the other end
+	// of its link.
+	Guard *Guard `yaml:"guard,omitempty" json:"guard,omitempty"`
+	// QoS shapes this NIC's traffic.
+	QoS *QoS `yaml:"qos,omitempty" json:"qos,omitempty"`
 }
 
 // Route is a static route inside a namespace.

@@ -49,6 +49,7 @@ func (t *Topology) Validate() error {
 	v.routes()
 	v.segmentMTUs()
 	v.loops()
+	v.policy()
 	return c.err()
 }
 

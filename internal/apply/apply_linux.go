@@ -201,7 +201,7 @@ func (e *Executor) run(s plan.Step) error {
 		if err != nil {
 			return err
 		}
-		return c.MarkNamespace(model.NSMark(e.Network, ""))
+		return c.MarkNamespace(model.NSMark(e.Network, nil))
 	case plan.OpDeleteNS:
 		e.forget(s.NS)
 		e.writes++
@@ -213,12 +213,12 @@ func (e *Executor) run(s plan.Step) error {
 		}
 		e.writes++
 		return nft.Apply(ns, s.Masq)
-	case plan.OpMarkSysctls:
+	case plan.OpMark:
 		c, err := e.conn(s.NS)
 		if err != nil {
 			return err
 		}
-		return c.MarkNamespace(model.NSMark(e.Network, s.Value))
+		return c.MarkNamespace(model.NSMark(e.Network, s.Marks))
 	case plan.OpSysctl:
 		ns, err := e.ns(s.NS)
 		if err != nil {

@@ -52,7 +52,7 @@ func (c *Conn) Observe() (*model.Namespace, error) {
 		a := nl.Attrs()
 		if a.Name == "lo" {
 			if m, ok := model.ParseMark(a.Alias); ok {
-				ns.Owner, ns.SysctlHash = m.ID, m.Sysctl
+				ns.Owner, ns.Marks = m.ID, m.Marks
 			}
 			continue
 		}

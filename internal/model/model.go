@@ -41,8 +41,13 @@ type Namespace struct {
 	Sysctls map[string]string
 	Links   map[string]*Link
 	Routes  map[string]*Route
-	// SysctlHash is the hash in the namespace's mark (observed only).
-	SysctlHash string
+	// Marks are the aspect hashes recorded in the namespace's mark: what
+	// kvmnet applied last (observed; see MarkInfo).
+	Marks Marks
+	// Firewall is the namespace's filter (nil: none).
+	Firewall *Firewall
+	// Guards are the bridge-port guards enforced in this namespace.
+	Guards []PortGuard
 	// Masquerade is the NAT of kvmnet's nftables table, sorted; nil when
 	// the namespace has no kvmnet table.
 	Masquerade []Masquerade
@@ -69,6 +74,8 @@ type Link struct {
 	// PortVLANs is the membership of a port of a VLAN-filtering bridge,
 	// sorted by VID; nil when the link is not such a port.
 	PortVLANs []VLANEntry
+	// QoS is the shaping of the link's egress (nil: none).
+	QoS *QoS
 	// Index is the kernel ifindex (observed only; ignored by Diff).
 	Index int
 }
@@ -199,14 +206,31 @@ func Mark(id string, l *Link) string {
 	return s
 }
 
-// NSMark renders the ownership mark of a namespace (the alias of its lo).
-// sysctlHash, when set, records that the sysctls with that hash have been
-// applied (see SysctlHash).
-func NSMark(id, sysctlHash string) string {
-	if sysctlHash == "" {
-		return MarkPrefix + id
+// The aspects of a namespace whose applied state is recorded, as a hash, in
+// the namespace's mark, so that observation can trust them instead of
+// reading them back (see SysctlHash for why that matters).
+const (
+	AspectSysctl = "sysctl" // the sysctls kvmnet wrote
+	AspectNFT    = "nft"    // kvmnet's nftables tables
+	AspectQoS    = "qos"    // kvmnet's qdiscs
+)
+
+// Aspects lists them in mark order.
+var Aspects = []string{AspectSysctl, AspectNFT, AspectQoS}
+
+// Marks maps an aspect to the hash of what was applied ("" or absent: nothing).
+type Marks map[string]string
+
+// NSMark renders the ownership mark of a namespace (the alias of its lo)
+// with the given aspect hashes.
+func NSMark(id string, marks Marks) string {
+	s := MarkPrefix + id
+	for _, a := range Aspects {
+		if v := marks[a]; v != "" {
+			s += " " + a + "=" + v
+		}
 	}
-	return MarkPrefix + id + " sysctl=" + sysctlHash
+	return s
 }
 
 // MarkInfo is what an ownership mark says.
@@ -214,7 +238,7 @@ type MarkInfo struct {
 	ID     string  // the owning network
 	Peer   PeerRef // veth: the other end
 	Origin string  // moved NIC: its root-namespace name
-	Sysctl string  // namespace: hash of the sysctls kvmnet applied
+	Marks  Marks   // namespace: aspect hashes
 }
 
 // ParseMark reads an alias; ok is false when it is not a kvmnet mark.
@@ -227,6 +251,7 @@ func ParseMark(alias string) (m MarkInfo, ok bool) {
 		return m, false
 	}
 	m.ID = fields[0]
+	m.Marks = Marks{}
 	for _, f := range fields[1:] {
 		k, v, _ := strings.Cut(f, "=")
 		switch k {
@@ -236,8 +261,10 @@ func ParseMark(alias string) (m MarkInfo, ok bool) {
 			}
 		case "origin":
 			m.Origin = v
-		case "sysctl":
-			m.Sysctl = v
+		default:
+			if slices.Contains(Aspects, k) {
+				m.Marks[k] = v
+			}
 		}
 	}
 	return m, true

@@ -71,8 +71,8 @@ func TestNSMarkCarriesSysctlHash(t *testing.T) {
 	if len(h) != 12 || h == SysctlHash(map[string]string{"net.ipv4.ip_forward": "0"}) {
 		t.Fatalf("hash %q does not tell values apart", h)
 	}
-	info, ok := ParseMark(NSMark("n", h))
-	if !ok || info.ID != "n" || info.Sysctl != h {
+	info, ok := ParseMark(NSMark("n", Marks{AspectSysctl: h, AspectNFT: "abc"}))
+	if !ok || info.ID != "n" || info.Marks[AspectSysctl] != h || info.Marks[AspectNFT] != "abc" {
 		t.Fatalf("%+v %v", info, ok)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // Firewall is the filtering kvmnet owns in one namespace: base chains for
@@ -193,4 +194,15 @@ func (q *QoS) String() string {
 			n.DelayUS, n.JitterUS, n.LossPct, n.DuplicatePct, n.ReorderPct, n.CorruptPct)
 	}
 	return s
+}
+
+func parseDurationUS(s string) (uint32, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, err
+	}
+	return uint32(d.Microseconds()), nil
 }

@@ -96,7 +96,7 @@ func one(name string, want *model.Namespace, id string, deep Deep) (*model.Names
 			if err != nil {
 				return err
 			}
-			if ok && m.ID == id && m.Sysctl == model.SysctlHash(want.Sysctls) {
+			if ok && m.ID == id && m.Marks[model.AspectSysctl] == model.SysctlHash(want.Sysctls) {
 				sysctls = maps.Clone(want.Sysctls)
 				return nil
 			}

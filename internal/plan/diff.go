@@ -30,6 +30,7 @@ type differ struct {
 	net               string
 	desired, observed *model.State
 	done              map[string]bool // "ns/name" of veth ends already handled
+	marks             map[string]model.Marks
 	errs              []error
 
 	createNS, sysctl, delLink, createLink, setLink, portVLANs, delAddr, addAddr, delRoute, addRoute, firewall, delNS []Step
@@ -109,10 +110,8 @@ func (d *differ) namespace(want, have *model.Namespace) {
 	}
 	// Record what was applied in the namespace's mark, so that the next
 	// observation can trust it instead of reading /proc/sys.
-	if hash := model.SysctlHash(want.Sysctls); changed || hash != have.SysctlHash {
-		s := d.step(OpMarkSysctls, name)
-		s.Value, s.OldValue = hash, have.SysctlHash
-		d.sysctl = append(d.sysctl, s)
+	if hash := model.SysctlHash(want.Sysctls); changed || hash != have.Marks[model.AspectSysctl] {
+		d.sysctl = append(d.sysctl, d.mark(name, model.AspectSysctl, hash, have.Marks[model.AspectSysctl]))
 	}
 	for _, ln := range model.SortedNames(want.Links) {
 		d.link(name, want.Links[ln], have)
@@ -360,4 +359,30 @@ func (d *differ) addresses(ns string, want, cur *model.Link) {
 			d.addAddr = append(d.addAddr, s)
 		}
 	}
+}
+
+// mark records hash as the applied state of aspect in namespace ns; the
+// step carries every aspect's hash as it will then be.
+func (d *differ) mark(ns, aspect, hash, old string) Step {
+	if d.marks == nil {
+		d.marks = map[string]model.Marks{}
+	}
+	cur := d.marks[ns]
+	if cur == nil {
+		cur = model.Marks{}
+		if o := d.observed.Namespaces[ns]; o != nil && o.Owner == d.net {
+			for k, v := range o.Marks {
+				cur[k] = v
+			}
+		}
+	}
+	next := model.Marks{}
+	for k, v := range cur {
+		next[k] = v
+	}
+	next[aspect] = hash
+	d.marks[ns] = next
+	s := d.step(OpMark, ns)
+	s.Key, s.Value, s.OldValue, s.Marks, s.OldMarks = aspect, hash, old, next, cur
+	return s
 }

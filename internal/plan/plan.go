@@ -20,7 +20,7 @@ type Op string
 const (
 	OpCreateNS     Op = "create-namespace"
 	OpSysctl       Op = "set-sysctl"
-	OpMarkSysctls  Op = "mark-sysctls"
+	OpMark         Op = "mark"
 	OpDeleteLink   Op = "delete-link"
 	OpCreateLink   Op = "create-link"
 	OpMoveDevice   Op = "move-device"
@@ -52,7 +52,12 @@ type Step struct {
 	// Route and OldRoute: OpAddRoute replaces OldRoute when it is set.
 	Route    *model.Route `json:"route,omitempty"`
 	OldRoute *model.Route `json:"old_route,omitempty"`
-	// Key, Value, OldValue: OpSysctl.
+	// Key, Value, OldValue: OpSysctl (a sysctl), OpMark (an aspect's hash).
+	// Marks and OldMarks: OpMark writes all aspect hashes of the namespace
+	// (the aspect Key set to Value, the others as they were or as earlier
+	// steps of the same plan set them).
+	Marks    model.Marks `json:"marks,omitempty"`
+	OldMarks model.Marks `json:"old_marks,omitempty"`
 	Key      string `json:"key,omitempty"`
 	Value    string `json:"value,omitempty"`
 	OldValue string `json:"old_value,omitempty"`
@@ -86,8 +91,8 @@ func (s Step) Target() string {
 		return s.NS
 	case OpSysctl:
 		return s.NS + " " + s.Key
-	case OpMarkSysctls:
-		return s.NS + " lo"
+	case OpMark:
+		return s.NS + " lo " + s.Key
 	case OpAddRoute, OpDelRoute:
 		return s.NS + " route " + s.Route.String()
 	case OpFirewall:
@@ -108,8 +113,8 @@ func (s Step) String() string {
 		return fmt.Sprintf("- namespace %s (and everything in it)", s.NS)
 	case OpSysctl:
 		return fmt.Sprintf("~ %s: sysctl %s = %s (was %s)", s.NS, s.Key, s.Value, orNone(s.OldValue))
-	case OpMarkSysctls:
-		return fmt.Sprintf("~ %s: record applied sysctls in the namespace mark (%s)", s.NS, orNone(s.Value))
+	case OpMark:
+		return fmt.Sprintf("~ %s: record applied %ss in the namespace mark (%s)", s.NS, s.Key, orNone(s.Value))
 	case OpCreateLink:
 		l := s.Link
 		switch l.Kind {
@@ -231,8 +236,8 @@ func (s Step) Inverse() (Step, error) {
 		if s.OldValue == "" {
 			return Step{}, ErrIrreversible
 		}
-	case OpMarkSysctls:
-		inv.Op, inv.Value, inv.OldValue = OpMarkSysctls, s.OldValue, s.Value
+	case OpMark:
+		inv.Op, inv.Key, inv.Value, inv.OldValue, inv.Marks, inv.OldMarks = OpMark, s.Key, s.OldValue, s.Value, s.OldMarks, s.Marks
 	case OpCreateLink:
 		inv.Op = OpDeleteLink
 	case OpDeleteLink:

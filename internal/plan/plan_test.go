@@ -34,7 +34,7 @@ func empty(id string) *model.State {
 func clone(s *model.State) *model.State {
 	out := empty(s.Network)
 	for name, ns := range s.Namespaces {
-		c := &model.Namespace{Name: name, Owner: ns.Owner, SysctlHash: model.SysctlHash(ns.Sysctls), Sysctls: map[string]string{}, Links: map[string]*model.Link{}, Routes: map[string]*model.Route{}}
+		c := &model.Namespace{Name: name, Owner: ns.Owner, Marks: model.Marks{model.AspectSysctl: model.SysctlHash(ns.Sysctls)}, Sysctls: map[string]string{}, Links: map[string]*model.Link{}, Routes: map[string]*model.Route{}}
 		for k, v := range ns.Sysctls {
 			c.Sysctls[k] = v
 		}
@@ -94,7 +94,7 @@ func TestBuildFromNothing(t *testing.T) {
 	golden(t, "reference-up.golden", render(steps))
 	// Ordering invariants: namespaces first, sysctls before links, bridges
 	// before the veths that join them, addresses and routes after links.
-	rank := map[plan.Op]int{plan.OpCreateNS: 0, plan.OpSysctl: 1, plan.OpMarkSysctls: 1, plan.OpCreateLink: 2, plan.OpAddAddr: 3, plan.OpAddRoute: 4}
+	rank := map[plan.Op]int{plan.OpCreateNS: 0, plan.OpSysctl: 1, plan.OpMark: 1, plan.OpCreateLink: 2, plan.OpAddAddr: 3, plan.OpAddRoute: 4}
 	last := -1
 	for _, s := range steps {
 		r := rank[s.Op]

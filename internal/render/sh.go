@@ -66,9 +66,9 @@ func stepCmds(network string, s plan.Step) []cmd {
 	c := func(args string, a ...any) cmd { return cmd{ns: ns, args: fmt.Sprintf(args, a...)} }
 	switch s.Op {
 	case plan.OpCreateNS:
-		return []cmd{{args: "netns add " + ns}, c("link set dev lo up alias %s", q(model.NSMark(network, "")))}
-	case plan.OpMarkSysctls:
-		return []cmd{c("link set dev lo alias %s", q(model.NSMark(network, s.Value)))}
+		return []cmd{{args: "netns add " + ns}, c("link set dev lo up alias %s", q(model.NSMark(network, nil)))}
+	case plan.OpMark:
+		return []cmd{c("link set dev lo alias %s", q(model.NSMark(network, s.Marks)))}
 	case plan.OpDeleteNS:
 		return []cmd{{args: "netns del " + ns}}
 	case plan.OpSysctl:
