@@ -30,11 +30,11 @@ type FirewallRule struct {
 	SAddrSet string `yaml:"saddr_set,omitempty" json:"saddr_set,omitempty"`
 	DAddrSet string `yaml:"daddr_set,omitempty" json:"daddr_set,omitempty"`
 	// SPort and DPort are ports or ranges ("8000-8080"); they need tcp or udp.
-	SPort    List `yaml:"sport,omitempty" json:"sport,omitempty"`
-	DPort    List `yaml:"dport,omitempty" json:"dport,omitempty"`
+	SPort    List   `yaml:"sport,omitempty" json:"sport,omitempty"`
+	DPort    List   `yaml:"dport,omitempty" json:"dport,omitempty"`
 	DPortSet string `yaml:"dport_set,omitempty" json:"dport_set,omitempty"`
 	// CTState is a list of new, established, related, invalid.
-	CTState List `yaml:"ct_state,omitempty" json:"ct_state,omitempty"`
+	CTState List   `yaml:"ct_state,omitempty" json:"ct_state,omitempty"`
 	IIf     string `yaml:"iif,omitempty" json:"iif,omitempty"`
 	OIf     string `yaml:"oif,omitempty" json:"oif,omitempty"`
 	// ICMPType is a list of ICMP (or ICMPv6) type names, e.g. echo-request.

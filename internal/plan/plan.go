@@ -58,9 +58,9 @@ type Step struct {
 	// steps of the same plan set them).
 	Marks    model.Marks `json:"marks,omitempty"`
 	OldMarks model.Marks `json:"old_marks,omitempty"`
-	Key      string `json:"key,omitempty"`
-	Value    string `json:"value,omitempty"`
-	OldValue string `json:"old_value,omitempty"`
+	Key      string      `json:"key,omitempty"`
+	Value    string      `json:"value,omitempty"`
+	OldValue string      `json:"old_value,omitempty"`
 	// VLANs and OldVLANs: OpPortVLANs makes a bridge port's membership VLANs.
 	VLANs    []model.VLANEntry `json:"vlans,omitempty"`
 	OldVLANs []model.VLANEntry `json:"old_vlans,omitempty"`
