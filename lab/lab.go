@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -163,7 +164,7 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 		},
 	}
 	if o.moveHostNIC || verb == "down" {
-		ex.Devices = hostDevices{}
+		ex.Devices = hostDevices{dir: filepath.Join(store.Dir, "devices")}
 	}
 	defer ex.Close()
 	if err := ex.Apply(steps); err != nil {

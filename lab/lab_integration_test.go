@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,7 +42,21 @@ func testOpts(t *testing.T, more ...Option) []Option {
 	if os.Getenv("KVMNET_TEST_DEBUG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return append([]Option{WithLogger(log), WithStateDir(t.TempDir())}, more...)
+	return append([]Option{WithLogger(log), WithStateDir(stateDir(t))}, more...)
+}
+
+var stateDirs sync.Map // test name -> its state directory
+
+// stateDir is one state directory per test, as on a host where every kvmnet
+// command uses /var/lib/kvmnet.
+func stateDir(t *testing.T) string {
+	if d, ok := stateDirs.Load(t.Name()); ok {
+		return d.(string)
+	}
+	d := t.TempDir()
+	stateDirs.Store(t.Name(), d)
+	t.Cleanup(func() { stateDirs.Delete(t.Name()) })
+	return d
 }
 
 func up(t *testing.T, topo *topology.Topology, more ...Option) *Result {
@@ -717,6 +732,12 @@ uplink:
 	t.Cleanup(func() { testutil.Try("ip", "link", "del", nic) })
 	testutil.Run(t, "ip", "-n", ext.Name, "addr", "add", "203.0.113.254/24", "dev", "eth0")
 	testutil.Run(t, "ip", "-n", ext.Name, "link", "set", "eth0", "up")
+	// The NIC's own configuration in the root namespace, which down must
+	// restore: an address and a route through it (documentation prefixes,
+	// reachable only through this test's own veth).
+	testutil.Run(t, "ip", "addr", "add", "198.51.100.7/24", "dev", nic)
+	testutil.Run(t, "ip", "link", "set", nic, "up")
+	testutil.Run(t, "ip", "route", "add", "198.18.77.0/24", "via", "198.51.100.1", "dev", nic)
 	mac := strings.Fields(strings.SplitN(testutil.Run(t, "ip", "-o", "link", "show", nic), "link/ether ", 2)[1])[0]
 
 	// Without the opt-in nothing is built.
@@ -751,6 +772,12 @@ uplink:
 	}
 	if strings.Contains(back, "kvmnet:") {
 		t.Fatalf("%s still carries a kvmnet mark:\n%s", nic, back)
+	}
+	if a := testutil.Run(t, "ip", "-o", "addr", "show", "dev", nic); !strings.Contains(a, "198.51.100.7/24") {
+		t.Fatalf("%s came back without its address:\n%s", nic, a)
+	}
+	if r := testutil.Run(t, "ip", "route", "show", "dev", nic); !strings.Contains(r, "198.18.77.0/24 via 198.51.100.1") {
+		t.Fatalf("%s came back without its route:\n%s", nic, r)
 	}
 }
 

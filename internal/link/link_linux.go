@@ -604,3 +604,103 @@ func (c *Conn) Alias(name string) (string, error) {
 	}
 	return l.Attrs().Alias, nil
 }
+
+// DeviceConfig is the L3 configuration of a real NIC in the root namespace,
+// saved before kvmnet moves it (the kernel flushes it on the move) and
+// restored when it comes back.
+type DeviceConfig struct {
+	Addrs  []netip.Prefix `json:"addrs"`
+	Routes []DeviceRoute  `json:"routes"`
+	Up     bool           `json:"up"`
+}
+
+// DeviceRoute is a route through the NIC (main table, not the kernel's own
+// connected routes).
+type DeviceRoute struct {
+	Dst      netip.Prefix `json:"dst"`
+	Via      netip.Addr   `json:"via,omitzero"`
+	Metric   int          `json:"metric"`
+	Protocol int          `json:"protocol"`
+	Scope    int          `json:"scope"`
+}
+
+// Snapshot reads name's addresses (without IPv6 link-local ones) and the
+// routes through it.
+func (c *Conn) Snapshot(name string) (DeviceConfig, error) {
+	var cfg DeviceConfig
+	l, err := c.h.LinkByName(name)
+	if err != nil {
+		return cfg, fmt.Errorf("read %q in namespace %q: %w", name, c.NS.Name, translate(err))
+	}
+	cfg.Up = l.Attrs().Flags&net.FlagUp != 0
+	addrs, err := c.h.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return cfg, fmt.Errorf("read addresses of %q: %w", name, translate(err))
+	}
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		ip = ip.Unmap()
+		if ip.Is6() && ip.IsLinkLocalUnicast() {
+			continue
+		}
+		bits, _ := a.Mask.Size()
+		cfg.Addrs = append(cfg.Addrs, netip.PrefixFrom(ip, bits))
+	}
+	routes, err := c.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: l.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return cfg, fmt.Errorf("read routes through %q: %w", name, translate(err))
+	}
+	for _, r := range routes {
+		if r.Protocol == unix.RTPROT_KERNEL {
+			continue // comes back with the address
+		}
+		dr := DeviceRoute{Metric: r.Priority, Protocol: int(r.Protocol), Scope: int(r.Scope)}
+		if r.Dst != nil {
+			ip, _ := netip.AddrFromSlice(r.Dst.IP)
+			bits, _ := r.Dst.Mask.Size()
+			dr.Dst = netip.PrefixFrom(ip.Unmap(), bits)
+		} else if r.Family == unix.AF_INET6 {
+			dr.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		} else {
+			dr.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		}
+		if r.Gw != nil {
+			gw, _ := netip.AddrFromSlice(r.Gw)
+			dr.Via = gw.Unmap()
+		}
+		cfg.Routes = append(cfg.Routes, dr)
+	}
+	return cfg, nil
+}
+
+// Restore puts a snapshot back on name: addresses, then routes.
+func (c *Conn) Restore(name string, cfg DeviceConfig) error {
+	var errs []error
+	if cfg.Up {
+		errs = append(errs, c.SetUp(name, true))
+	}
+	for _, a := range cfg.Addrs {
+		if err := c.AddAddr(name, a); err != nil && !errors.Is(err, ErrExists) {
+			errs = append(errs, err)
+		}
+	}
+	idx, err := c.Index(name)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, r := range cfg.Routes {
+		nr := &netlink.Route{
+			LinkIndex: idx, Priority: r.Metric, Protocol: netlink.RouteProtocol(r.Protocol), Scope: netlink.Scope(r.Scope), Table: unix.RT_TABLE_MAIN,
+			Dst: &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
+		}
+		if r.Via.IsValid() {
+			nr.Gw = r.Via.AsSlice()
+		}
+		c.Writes++
+		if err := c.h.RouteReplace(nr); err != nil {
+			errs = append(errs, fmt.Errorf("restore route %s on %q: %w", r.Dst, name, translate(err)))
+		}
+	}
+	return errors.Join(errs...)
+}
