@@ -186,6 +186,9 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 	}
 	res.Writes = ex.Writes()
 	res.Duration = time.Since(start)
+	if err == nil && verb == "up" {
+		_ = writeFaults(store, nil) // up repaired every injected fault
+	}
 	if err != nil && verb == "up" {
 		created := map[string]bool{}
 		for _, s := range steps {

@@ -100,3 +100,39 @@ func TestUpStatusPlanDown(t *testing.T) {
 		t.Fatalf("journal: %v\n%s", err, journal)
 	}
 }
+
+func TestLinkFaultInjection(t *testing.T) {
+	testutil.RequireRoot(t)
+	prefix := testutil.UniquePrefix(t)
+	state := t.TempDir()
+	common := []string{"--prefix", prefix, "--state-dir", state}
+	if code, out, stderr := run(t, append([]string{"up"}, common...)...); code != 0 {
+		t.Fatalf("up: %s %s", out, stderr)
+	}
+	code, out, stderr := run(t, append([]string{"link", "vm1/eth0", "down"}, common...)...)
+	if code != 0 || !strings.Contains(out, "vm1/eth0 is down") {
+		t.Fatalf("link down: %d %s %s", code, out, stderr)
+	}
+	if out, err := testutil.Try("ip", "netns", "exec", prefix+"vm1", "ping", "-c1", "-W1", "192.168.1.1"); err == nil {
+		t.Fatalf("ping works with vm1/eth0 down:\n%s", out)
+	}
+	faults, err := os.ReadFile(filepath.Join(state, prefix+"reference", "faults.json"))
+	if err != nil || !strings.Contains(string(faults), `"target": "vm1/eth0"`) {
+		t.Fatalf("fault not recorded: %v %s", err, faults)
+	}
+	_, out, _ = run(t, append([]string{"plan"}, common...)...)
+	if !strings.Contains(out, "link eth0 state up (was down)") {
+		t.Fatalf("plan does not show the drift:\n%s", out)
+	}
+	// Only kvmnet's interfaces: lo is the kernel's.
+	if code, _, stderr := run(t, append([]string{"link", "vm1/lo", "down"}, common...)...); code == 0 || !strings.Contains(stderr, "not created by kvmnet") {
+		t.Fatalf("link on lo: %d %s", code, stderr)
+	}
+	if code, out, stderr := run(t, append([]string{"up"}, common...)...); code != 0 {
+		t.Fatalf("up: %s %s", out, stderr)
+	}
+	testutil.Run(t, "ip", "netns", "exec", prefix+"vm1", "ping", "-c1", "-W2", "192.168.1.1")
+	if _, err := os.Stat(filepath.Join(state, prefix+"reference", "faults.json")); !os.IsNotExist(err) {
+		t.Fatalf("up did not clear the repaired fault: %v", err)
+	}
+}
