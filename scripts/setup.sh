@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything kvmnet and its test suite need on a Debian 12 machine, as
 # root: Debian packages (iproute2 and iputils-ping as test witnesses, nftables,
-# QEMU and cpio for the guest-kernel lane) and the Go modules. Idempotent: a
-# second run installs nothing.
+# QEMU and cpio for the guest-kernel lane and the VMs, busybox (udhcpc, wget, nc)
+# and isc-dhcp-client (dhclient) as DHCP clients and witnesses nobody here
+# wrote) and the Go modules. Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
