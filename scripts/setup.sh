@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (it installs Debian packages)" >&2; exit 1; }; }
 
-pkgs=(iproute2 iputils-ping nftables procps qemu-system-x86 cpio ca-certificates)
+pkgs=(iproute2 iputils-ping nftables procps qemu-system-x86 cpio busybox isc-dhcp-client ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
