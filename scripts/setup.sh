@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything kvmnet and its test suite need on a Debian 12 machine, as
 # root: Debian packages (iproute2 and iputils-ping as test witnesses, nftables,
-# QEMU and cpio for the guest-kernel lane and the VMs, busybox (udhcpc, wget, nc)
+# QEMU and cpio for the guest-kernel lane and the VMs, tcpdump (reads captures),
+# iptables (legacy rules a host may have, for diagnose), busybox (udhcpc, wget, nc)
 # and isc-dhcp-client (dhclient) as DHCP clients and witnesses nobody here
 # wrote) and the Go modules. Idempotent: a second run installs nothing.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (it installs Debian packages)" >&2; exit 1; }; }
 
-pkgs=(iproute2 iputils-ping nftables procps qemu-system-x86 cpio busybox isc-dhcp-client ca-certificates)
+pkgs=(iproute2 iputils-ping nftables iptables tcpdump procps qemu-system-x86 cpio busybox isc-dhcp-client ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
