@@ -16,6 +16,7 @@ import (
 
 	"github.com/kvmnet/kvmnet/internal/apply"
 	"github.com/kvmnet/kvmnet/internal/model"
+	"github.com/kvmnet/kvmnet/internal/nft"
 	"github.com/kvmnet/kvmnet/internal/observe"
 	"github.com/kvmnet/kvmnet/internal/plan"
 	"github.com/kvmnet/kvmnet/internal/state"
@@ -32,6 +33,7 @@ type options struct {
 	force       bool
 	deep        bool
 	beforeStep  func(plan.Step) error
+	vm          vmOptions // VMs and DHCP (vms_linux.go)
 }
 
 // WithLogger sets the logger (default: discard).
@@ -69,6 +71,8 @@ type Result struct {
 	// Writes counts kernel writes (0 for an up-to-date network).
 	Writes   int           `json:"writes"`
 	Duration time.Duration `json:"duration_ns"`
+	// VMs is what up and down did to the VMs and the supervisor (vms_linux.go).
+	VMs *VMReport `json:"vms,omitempty"`
 }
 
 // Summary is a one-line account of a result.
@@ -81,7 +85,7 @@ func (r *Result) Summary(verb string) string {
 
 // Plan returns the steps Up would take, without changing anything.
 func Plan(ctx context.Context, t *topology.Topology, opts ...Option) ([]plan.Step, error) {
-	desired := model.Desired(t)
+	desired := desiredState(t)
 	observed, err := observe.Network(desired, t.Prefix, observe.Deep(build(opts).deep))
 	if err != nil {
 		return nil, err
@@ -95,8 +99,19 @@ func Plan(ctx context.Context, t *topology.Topology, opts ...Option) ([]plan.Ste
 func Up(ctx context.Context, t *topology.Topology, opts ...Option) (*Result, error) {
 	o := build(opts)
 	start := time.Now()
-	desired := model.Desired(t)
-	return run(ctx, o, "up", t.ID(), desired, t.Prefix, start)
+	// VMs and DHCP (vms_linux.go): the per-VM bridges are part of the
+	// network; VMs no longer declared stop first; the supervisor and the
+	// VMs follow a successful build.
+	desired := desiredState(t)
+	rep, err := vmsBeforeUp(ctx, o, t)
+	if err != nil {
+		return nil, err
+	}
+	res, err := run(ctx, o, "up", t.ID(), desired, t.Prefix, start)
+	if err == nil {
+		err = vmsAfterUp(ctx, o, t, res, rep)
+	}
+	return res, err
 }
 
 // Down removes everything network t owns and nothing else.
@@ -109,7 +124,16 @@ func Down(ctx context.Context, t *topology.Topology, opts ...Option) (*Result, e
 func DownID(ctx context.Context, id, prefix string, opts ...Option) (*Result, error) {
 	o := build(opts)
 	empty := &model.State{Network: id, Namespaces: map[string]*model.Namespace{}}
-	return run(ctx, o, "down", id, empty, prefix, time.Now())
+	// VMs and the supervisor stop before the namespaces go (vms_linux.go).
+	rep, err := vmsDown(ctx, o, id)
+	if err != nil {
+		return &Result{Network: id, VMs: rep}, err
+	}
+	res, err := run(ctx, o, "down", id, empty, prefix, time.Now())
+	if res != nil {
+		res.VMs = rep
+	}
+	return res, err
 }
 
 func run(ctx context.Context, o *options, verb, id string, desired *model.State, prefix string, start time.Time) (*Result, error) {
@@ -240,9 +264,21 @@ func foreignInside(observed *model.State, id string) error {
 // Observe returns the kernel's view of network t (what kvmnet owns plus any
 // conflicting namespaces), for status and diagnose.
 func Observe(ctx context.Context, t *topology.Topology) (*model.State, error) {
-	return observe.Network(model.Desired(t), t.Prefix, true)
+	return observe.Network(desiredState(t), t.Prefix, true)
 }
 
 // withBeforeStep injects a hook run before every kernel step (tests use it
 // to fail a chosen step and check the rollback).
 func withBeforeStep(f func(plan.Step) error) Option { return func(o *options) { o.beforeStep = f } }
+
+// desiredState is the whole state t asks for: the model, the per-VM
+// bridges, and the canonical form of each namespace's nftables tables (the
+// form observation reads back, to compare them).
+func desiredState(t *topology.Topology) *model.State {
+	desired := model.Desired(t)
+	addVMWiring(t, desired)
+	for _, ns := range desired.Namespaces {
+		ns.NFT = nft.Canonical(nft.Table{Masquerade: ns.Masquerade, Firewall: ns.Firewall, Guards: ns.Guards})
+	}
+	return desired
+}

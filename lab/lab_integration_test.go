@@ -693,8 +693,8 @@ func TestNATUplink(t *testing.T) {
 	// Switching the mode to routed removes the table (and only it).
 	topo.Uplink.Mode = topology.ModeRouted
 	res := up(t, topo)
-	if len(res.Steps) != 1 || res.Steps[0].Op != plan.OpFirewall {
-		t.Fatalf("nat -> routed: steps %v", res.Steps)
+	if len(res.Steps) != 2 || res.Steps[0].Op != plan.OpFirewall || res.Steps[1].Op != plan.OpMark {
+		t.Fatalf("nat -> routed: want the table removed and the mark updated, got %v", res.Steps)
 	}
 	if rules := inNS(t, topo, "host", "nft", "list", "ruleset"); strings.Contains(rules, "kvmnet") {
 		t.Fatalf("table kvmnet still there:\n%s", rules)
@@ -815,4 +815,20 @@ links:
 	if again := up(t, topo); again.Writes != 0 {
 		t.Fatalf("second up wrote %d: %v", again.Writes, again.Steps)
 	}
+}
+
+// dialErr connects from ns to addr with a short timeout and returns the error.
+func dialErr(topo *topology.Topology, ns, addr string) (net.Conn, error) {
+	h, err := netns.Open(topo.NSName(ns))
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	var c net.Conn
+	err = netns.Do(h, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr, time.Second)
+		return err
+	})
+	return c, err
 }

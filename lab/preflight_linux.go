@@ -5,13 +5,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/kvmnet/kvmnet/internal/link"
 	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/netns"
 	"github.com/kvmnet/kvmnet/internal/nft"
 	"github.com/kvmnet/kvmnet/internal/plan"
+	"github.com/kvmnet/kvmnet/internal/qos"
 )
 
 // preflight proves, before the first write, that the kernel has every
@@ -20,7 +20,10 @@ import (
 // error naming it ("kernel lacks 802.1Q VLAN support (CONFIG_VLAN_8021Q)")
 // and nothing of the network is built.
 func preflight(steps []plan.Step) error {
-	var bridge, filtering, veth, vlan, nat bool
+	var bridge, filtering, veth, vlan bool
+	var tables []nft.Table
+	var shaped []*model.QoS
+	seen := map[string]bool{}
 	for _, s := range steps {
 		switch {
 		case s.Op == plan.OpCreateLink && s.Link.Kind == model.KindBridge:
@@ -32,11 +35,21 @@ func preflight(steps []plan.Step) error {
 			vlan = true
 		case s.Op == plan.OpCreateLink && s.Link.Kind == model.KindVeth:
 			veth = true
-		case s.Op == plan.OpFirewall && len(s.Masq) > 0:
-			nat = true
+		case s.Op == plan.OpFirewall && (len(s.Masq) > 0 || s.Firewall != nil || len(s.Guards) > 0):
+			t := nft.Table{Masquerade: s.Masq, Firewall: s.Firewall, Guards: s.Guards}
+			if c := nft.Canonical(t); !seen[c] { // one probe per distinct table
+				seen[c] = true
+				tables = append(tables, t)
+			}
+		case s.Op == plan.OpQoS && s.QoS != nil:
+			if c := s.QoS.String(); !seen[c] {
+				seen[c] = true
+				shaped = append(shaped, s.QoS)
+			}
 		}
 	}
-	if !bridge && !filtering && !veth && !vlan && !nat {
+	nat := len(tables) > 0
+	if !bridge && !filtering && !veth && !vlan && !nat && len(shaped) == 0 {
 		return nil
 	}
 	b := make([]byte, 4)
@@ -62,14 +75,19 @@ func preflight(steps []plan.Step) error {
 	if filtering {
 		errs = append(errs, c.CreateBridge(&model.Link{Name: "probe-vbr", Kind: model.KindBridge, Bridge: &model.BridgeOpts{AgeingTime: 300, VLANFiltering: true, DefaultPVID: 1}}, "kvmnet-probe"))
 	}
-	if veth || vlan || nat {
+	if veth || vlan || nat || len(shaped) > 0 {
 		errs = append(errs, c.CreateVeth(&model.Link{Name: "probe-a", Kind: model.KindVeth}, &model.Link{Name: "probe-b", Kind: model.KindVeth}, c, "kvmnet-probe", "kvmnet-probe"))
 	}
 	if vlan {
 		errs = append(errs, c.CreateVLAN(&model.Link{Name: "probe-a.7", Kind: model.KindVLAN, Parent: "probe-a", VID: 7}, "kvmnet-probe"))
 	}
-	if nat {
-		errs = append(errs, nft.Apply(ns, []model.Masquerade{{OutIface: "probe-a", Source: netip.MustParsePrefix("10.0.0.0/8")}}))
+	// Every nftables table and every shaping the plan writes, for real, in
+	// the throwaway namespace: whatever the kernel lacks shows now.
+	for _, t := range tables {
+		errs = append(errs, nft.Apply(ns, t))
+	}
+	for _, q := range shaped {
+		errs = append(errs, qos.Apply(ns, "probe-a", q))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("preflight (nothing was built): %w", err)

@@ -57,6 +57,10 @@ type Topology struct {
 	SecurityGroups []SecurityGroup `yaml:"security_groups,omitempty" json:"security_groups,omitempty"`
 	// Expect lists reachabilities `kvmnet verify` checks with probes.
 	Expect []Expectation `yaml:"expect,omitempty" json:"expect,omitempty"`
+	// VMs are QEMU guests booted into their namespaces (topology/vm.go).
+	VMs []VM `yaml:"vms,omitempty" json:"vms,omitempty"`
+	// DHCP is the DHCP service per segment (topology/vm.go).
+	DHCP *DHCP `yaml:"dhcp,omitempty" json:"dhcp,omitempty"`
 
 	// File is the path the topology was loaded from ("" for one built in code).
 	File string `yaml:"-" json:"-"`

@@ -50,6 +50,7 @@ func (t *Topology) Validate() error {
 	v.segmentMTUs()
 	v.loops()
 	v.policy()
+	v.vms() // VMs and DHCP: topology/vm.go
 	return c.err()
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/kvmnet/kvmnet/internal/netns"
 	"github.com/kvmnet/kvmnet/internal/nft"
 	"github.com/kvmnet/kvmnet/internal/plan"
+	"github.com/kvmnet/kvmnet/internal/qos"
 )
 
 // Executor applies steps for one network. It caches one namespace handle and
@@ -212,7 +213,14 @@ func (e *Executor) run(s plan.Step) error {
 			return err
 		}
 		e.writes++
-		return nft.Apply(ns, s.Masq)
+		return nft.Apply(ns, nft.Table{Masquerade: s.Masq, Firewall: s.Firewall, Guards: s.Guards})
+	case plan.OpQoS:
+		ns, err := e.ns(s.NS)
+		if err != nil {
+			return err
+		}
+		e.writes++
+		return qos.Apply(ns, s.Link.Name, s.QoS)
 	case plan.OpMark:
 		c, err := e.conn(s.NS)
 		if err != nil {

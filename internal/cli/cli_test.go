@@ -124,6 +124,10 @@ func TestLinkFaultInjection(t *testing.T) {
 	if !strings.Contains(out, "link eth0 state up (was down)") {
 		t.Fatalf("plan does not show the drift:\n%s", out)
 	}
+	_, out, _ = run(t, append([]string{"status"}, common...)...)
+	if !strings.Contains(out, "DELIBERATE: link vm1/eth0 set down") || !strings.Contains(out, "DRIFT") {
+		t.Fatalf("status does not show the deliberate fault:\n%s", out)
+	}
 	// Only kvmnet's interfaces: lo is the kernel's.
 	if code, _, stderr := run(t, append([]string{"link", "vm1/lo", "down"}, common...)...); code == 0 || !strings.Contains(stderr, "not created by kvmnet") {
 		t.Fatalf("link on lo: %d %s", code, stderr)

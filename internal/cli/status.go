@@ -23,6 +23,10 @@ type statusView struct {
 	// Interval is the sampling interval of the rates (0: no rates).
 	Interval   string      `json:"interval,omitempty"`
 	Namespaces []*nsStatus `json:"namespaces"`
+	// Faults are deliberate drift injected with `kvmnet link` since the last up.
+	Faults []lab.Fault `json:"faults,omitempty"`
+	// VMs: the VMs, DHCP leases and the supervisor's health (vm.go).
+	VMs *lab.VMStatusReport `json:"vms,omitempty"`
 }
 
 // nsStatus is one namespace: what the kernel has in it (inspect), or only
@@ -32,6 +36,9 @@ type nsStatus struct {
 	// Foreign is set for a namespace with a wanted name that another owner
 	// (or no kvmnet network) holds; nothing else is shown for it.
 	Foreign bool `json:"foreign,omitempty"`
+	// PortVLANs is the VLAN membership of each port of a VLAN-filtering
+	// bridge (as `bridge vlan show` lists it).
+	PortVLANs map[string][]model.VLANEntry `json:"port_vlans,omitempty"`
 }
 
 func newStatus(g *globals) *cobra.Command {
@@ -45,14 +52,18 @@ func newStatus(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := buildStatus(cmd, t, interval)
+			v, err := buildStatus(cmd, t, interval, g.opts()...)
 			if err != nil {
+				return err
+			}
+			if v.VMs, err = vmStatusFor(cmd, g, t); err != nil { // VMs, DHCP, supervisor (vm.go)
 				return err
 			}
 			if g.output == "json" {
 				return g.json(v)
 			}
 			printStatus(g.stdout, v)
+			printVMStatus(g.stdout, v.VMs) // vm.go
 			return nil
 		},
 	}
@@ -62,7 +73,7 @@ func newStatus(g *globals) *cobra.Command {
 	return cmd
 }
 
-func buildStatus(cmd *cobra.Command, t *topology.Topology, interval time.Duration) (*statusView, error) {
+func buildStatus(cmd *cobra.Command, t *topology.Topology, interval time.Duration, opts ...lab.Option) (*statusView, error) {
 	obs, err := lab.Observe(cmd.Context(), t)
 	if err != nil {
 		return nil, err
@@ -76,6 +87,9 @@ func buildStatus(cmd *cobra.Command, t *topology.Topology, interval time.Duratio
 		v.Drift = append(v.Drift, s.String())
 	}
 	v.InSync = len(v.Drift) == 0
+	if v.Faults, err = lab.Faults(t, opts...); err != nil {
+		return nil, err
+	}
 	var ours []string
 	for _, name := range model.SortedNames(obs.Namespaces) {
 		if obs.Namespaces[name].Owner == t.ID() {
@@ -114,7 +128,16 @@ func buildStatus(cmd *cobra.Command, t *topology.Topology, interval time.Duratio
 	}
 	for _, name := range model.SortedNames(obs.Namespaces) {
 		if n := byName[name]; n != nil {
-			v.Namespaces = append(v.Namespaces, &nsStatus{Namespace: n})
+			st := &nsStatus{Namespace: n}
+			for ln, l := range obs.Namespaces[name].Links {
+				if l.PortVLANs != nil {
+					if st.PortVLANs == nil {
+						st.PortVLANs = map[string][]model.VLANEntry{}
+					}
+					st.PortVLANs[ln] = l.PortVLANs
+				}
+			}
+			v.Namespaces = append(v.Namespaces, st)
 		} else {
 			v.Namespaces = append(v.Namespaces, &nsStatus{Namespace: &inspect.Namespace{Name: name, Owner: obs.Namespaces[name].Owner}, Foreign: true})
 		}
@@ -209,9 +232,17 @@ func printStatus(out io.Writer, v *statusView) {
 		for _, b := range ns.Bridges {
 			fmt.Fprintf(out, "\nBRIDGE %s/%s (stp %s)\n", ns.Name, b.Name, onOff(b.STP, "on", "off"))
 			w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "  PORT\tSTP STATE")
+			fmt.Fprintln(w, "  PORT\tSTP STATE\tVLANS")
 			for _, p := range b.Ports {
-				fmt.Fprintf(w, "  %s\t%s\n", p.Name, p.State)
+				vlans := "-"
+				if es, ok := ns.PortVLANs[p.Name]; ok {
+					parts := make([]string, len(es))
+					for i, e := range es {
+						parts[i] = e.String()
+					}
+					vlans = strings.Join(parts, ", ")
+				}
+				fmt.Fprintf(w, "  %s\t%s\t%s\n", p.Name, p.State, vlans)
 			}
 			w.Flush()
 			w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
@@ -281,6 +312,12 @@ func printStatus(out io.Writer, v *statusView) {
 	if len(fw) > 0 {
 		fmt.Fprintln(out, "\nFIREWALL (nftables, iptables-legacy)")
 		fmt.Fprintln(out, strings.Join(fw, "\n"))
+	}
+	for _, f := range v.Faults {
+		fmt.Fprintf(out, "\nDELIBERATE: %s %s set %s at %s (kvmnet link); kvmnet up restores it", f.Kind, f.Target, f.Detail, f.Time.Format(time.RFC3339))
+	}
+	if len(v.Faults) > 0 {
+		fmt.Fprintln(out)
 	}
 	if v.InSync {
 		fmt.Fprintf(out, "\n%s: in sync with the topology\n", v.Network)

@@ -63,7 +63,7 @@ func readFirewall(c *nftables.Conn) ([]Table, error) {
 	out := make([]Table, 0, len(tables))
 	for _, t := range tables {
 		fam := families[t.Family]
-		tb := Table{Family: fam, Name: t.Name, Kvmnet: t.Name == KvmnetTable && t.Family == nftables.TableFamilyIPv4, Chains: []Chain{}}
+		tb := Table{Family: fam, Name: t.Name, Kvmnet: t.Name == KvmnetTable && (t.Family == nftables.TableFamilyINet || t.Family == nftables.TableFamilyBridge), Chains: []Chain{}}
 		for _, ch := range chains {
 			if ch.Table == nil || ch.Table.Name != t.Name || ch.Table.Family != t.Family {
 				continue

@@ -130,17 +130,36 @@ func usesSet(fw *Firewall, name string) bool {
 	return false
 }
 
+// parsePrefixes splits prefixes by family. "Anywhere" (0.0.0.0/0, ::/0)
+// matches every address of its family: it restricts the rule to the family
+// and adds no address match, so it is returned as a non-nil empty list.
 func parsePrefixes(list []string) (v4, v6 []netip.Prefix) {
 	for _, s := range list {
-		if p, err := topology.ParseAddrOrPrefix(s); err == nil {
-			if p.Addr().Is4() {
-				v4 = append(v4, p)
-			} else {
-				v6 = append(v6, p)
-			}
+		p, err := topology.ParseAddrOrPrefix(s)
+		if err != nil {
+			continue
+		}
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		} else {
+			v6 = append(v6, p)
 		}
 	}
-	return v4, v6
+	return dropAnywhere(v4), dropAnywhere(v6)
+}
+
+func dropAnywhere(ps []netip.Prefix) []netip.Prefix {
+	if ps == nil {
+		return nil
+	}
+	out := []netip.Prefix{}
+	for _, p := range ps {
+		if p.Bits() == 0 {
+			return []netip.Prefix{} // anywhere: no match on this family
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 func parsePorts(list []string) []PortRange {
@@ -169,10 +188,10 @@ func firewallRules(r topology.FirewallRule, origin string) []Rule {
 	s4, s6 := parsePrefixes(r.SAddr)
 	d4, d6 := parsePrefixes(r.DAddr)
 	switch {
-	case len(s4)+len(d4) > 0:
-		rule.Family, rule.SAddr, rule.DAddr = "ip", s4, d4
-	case len(s6)+len(d6) > 0:
-		rule.Family, rule.SAddr, rule.DAddr = "ip6", s6, d6
+	case s4 != nil || d4 != nil:
+		rule.Family, rule.SAddr, rule.DAddr = "ip", nilIfEmpty(s4), nilIfEmpty(d4)
+	case s6 != nil || d6 != nil:
+		rule.Family, rule.SAddr, rule.DAddr = "ip6", nilIfEmpty(s6), nilIfEmpty(d6)
 	case r.Proto == "icmp":
 		rule.Family = "ip"
 	case r.Proto == "icmpv6":
@@ -216,13 +235,13 @@ func securityGroupRules(e topology.Endpoint, field string, sgs map[string]topolo
 				p4, p6 := parsePrefixes(peers(sr))
 				set := func(r *Rule, ps []netip.Prefix) {
 					if hook == "input" {
-						r.SAddr = ps
+						r.SAddr = nilIfEmpty(ps)
 					} else {
-						r.DAddr = ps
+						r.DAddr = nilIfEmpty(ps)
 					}
 				}
 				switch {
-				case len(p4) == 0 && len(p6) == 0:
+				case p4 == nil && p6 == nil:
 					if sr.Proto == "icmp" {
 						base.Family = "ip"
 					} else if sr.Proto == "icmpv6" {
@@ -230,13 +249,13 @@ func securityGroupRules(e topology.Endpoint, field string, sgs map[string]topolo
 					}
 					rules = append(rules, match(base))
 				default:
-					if len(p4) > 0 && sr.Proto != "icmpv6" {
+					if p4 != nil && sr.Proto != "icmpv6" {
 						r := base
 						r.Family = "ip"
 						set(&r, p4)
 						rules = append(rules, match(r))
 					}
-					if len(p6) > 0 && sr.Proto != "icmp" {
+					if p6 != nil && sr.Proto != "icmp" {
 						r := base
 						r.Family = "ip6"
 						set(&r, p6)
@@ -301,4 +320,11 @@ func percent(s topology.Scalar) (float64, error) {
 		return 0, nil
 	}
 	return topology.ParsePercent(string(s))
+}
+
+func nilIfEmpty(ps []netip.Prefix) []netip.Prefix {
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps
 }

@@ -48,6 +48,11 @@ type Namespace struct {
 	Firewall *Firewall
 	// Guards are the bridge-port guards enforced in this namespace.
 	Guards []PortGuard
+	// NFT is the canonical form of kvmnet's nftables tables in the namespace
+	// (internal/nft.Canonical): computed from Masquerade, Firewall and Guards
+	// for the desired state, read back (or trusted from the mark) when
+	// observed. "" means no table.
+	NFT string
 	// Masquerade is the NAT of kvmnet's nftables table, sorted; nil when
 	// the namespace has no kvmnet table.
 	Masquerade []Masquerade

@@ -206,3 +206,28 @@ func parseDurationUS(s string) (uint32, error) {
 	}
 	return uint32(d.Microseconds()), nil
 }
+
+// NFTHash is the mark hash of a canonical nftables form ("" for none).
+func NFTHash(canonical string) string {
+	if canonical == "" {
+		return ""
+	}
+	return Fingerprint(canonical)
+}
+
+// QoSHash is the mark hash of the QoS of a namespace's links ("" for none).
+func QoSHash(ns *Namespace) string {
+	if ns == nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, name := range SortedNames(ns.Links) {
+		if q := ns.Links[name].QoS; q != nil {
+			fmt.Fprintf(&b, "%s %s\n", name, q)
+		}
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	return Fingerprint(b.String())
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/netns"
 	"github.com/kvmnet/kvmnet/internal/nft"
+	"github.com/kvmnet/kvmnet/internal/qos"
 )
 
 // Workers bounds how many namespaces are read at once.
@@ -123,10 +124,50 @@ func one(name string, want *model.Namespace, id string, deep Deep) (*model.Names
 	if sysctls != nil {
 		obs.Sysctls = sysctls
 	}
-	if want != nil && want.Masquerade != nil {
-		if obs.Masquerade, err = nft.Observe(ns); err != nil {
+	if want != nil {
+		if err := aspects(ns, want, obs, deep); err != nil {
 			return nil, err
 		}
 	}
 	return obs, nil
+}
+
+// aspects fills in the nftables tables and the QoS of an owned namespace.
+// Each is trusted from the namespace mark when the mark records exactly the
+// desired state (and deep is off), skipped when kvmnet neither has nor wants
+// any, and read from the kernel otherwise.
+func aspects(ns *netns.NS, want, obs *model.Namespace, d Deep) error {
+	deep := bool(d)
+	switch mark := obs.Marks[model.AspectNFT]; {
+	case !deep && mark == model.NFTHash(want.NFT):
+		obs.NFT = want.NFT
+	case !deep && mark == "" && want.NFT == "":
+	default:
+		var err error
+		if obs.NFT, err = nft.Observe(ns); err != nil {
+			return err
+		}
+	}
+	wantQoS := model.QoSHash(want)
+	switch mark := obs.Marks[model.AspectQoS]; {
+	case !deep && mark == wantQoS:
+		for name, l := range obs.Links {
+			if w := want.Links[name]; w != nil && l.Owner != "" {
+				l.QoS = w.QoS
+			}
+		}
+	case !deep && mark == "" && wantQoS == "":
+	default:
+		for name, l := range obs.Links {
+			if l.Owner == "" || l.Kind == model.KindBridge {
+				continue
+			}
+			q, err := qos.Observe(ns, name)
+			if err != nil {
+				return fmt.Errorf("namespace %q: %w", ns.Name, err)
+			}
+			l.QoS = q
+		}
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/kvmnet/kvmnet/internal/model"
+	"github.com/kvmnet/kvmnet/internal/qos"
 )
 
 // Diff returns the ordered steps that turn observed into desired.
@@ -30,6 +31,7 @@ type differ struct {
 	net               string
 	desired, observed *model.State
 	done              map[string]bool // "ns/name" of veth ends already handled
+	qosChanged        map[string]bool // namespaces with a QoS step
 	marks             map[string]model.Marks
 	errs              []error
 
@@ -132,10 +134,13 @@ func (d *differ) namespace(want, have *model.Namespace) {
 		s.Route, s.OldRoute = r, old
 		d.addRoute = append(d.addRoute, s)
 	}
-	if want.Masquerade != nil && !slices.Equal(want.Masquerade, have.Masquerade) && !(len(want.Masquerade) == 0 && have.Masquerade == nil) {
+	if want.NFT != have.NFT {
 		s := d.step(OpFirewall, name)
-		s.Masq, s.OldMasq = want.Masquerade, have.Masquerade
-		d.firewall = append(d.firewall, s)
+		s.Masq, s.Firewall, s.Guards, s.OldNFT = want.Masquerade, want.Firewall, want.Guards, have.NFT
+		d.firewall = append(d.firewall, s, d.mark(name, model.AspectNFT, model.NFTHash(want.NFT), have.Marks[model.AspectNFT]))
+	}
+	if h := model.QoSHash(want); d.qosChanged[name] || h != have.Marks[model.AspectQoS] {
+		d.firewall = append(d.firewall, d.mark(name, model.AspectQoS, h, have.Marks[model.AspectQoS]))
 	}
 	for _, r := range sortedRoutes(have.Routes) {
 		if want.Routes[r.Key()] == nil {
@@ -252,10 +257,12 @@ func (d *differ) create(ns string, want *model.Link) {
 	s := d.step(op, ns)
 	s.Link = want
 	d.newPortVLANs(ns, want)
+	d.qos(ns, want, nil)
 	if want.Kind == model.KindVeth {
 		peer := d.desired.Namespaces[want.Peer.NS].Links[want.Peer.Name]
 		s.Peer = peer
 		d.newPortVLANs(want.Peer.NS, peer)
+		d.qos(want.Peer.NS, peer, nil)
 		// Create from the end that has a master, so it is set in the same request.
 		if want.Master == "" && peer.Master != "" {
 			s.NS, s.Link, s.Peer = want.Peer.NS, peer, want
@@ -314,12 +321,27 @@ func (d *differ) update(ns string, want, cur *model.Link) {
 		s.Link, s.Set, s.Old = want, set, old
 		d.setLink = append(d.setLink, s)
 	}
+	d.qos(ns, want, cur.QoS)
 	if want.PortVLANs != nil && !slices.Equal(want.PortVLANs, cur.PortVLANs) {
 		s := d.step(OpPortVLANs, ns)
 		s.Link, s.VLANs, s.OldVLANs = want, want.PortVLANs, cur.PortVLANs
 		d.portVLANs = append(d.portVLANs, s)
 	}
 	d.addresses(ns, want, cur)
+}
+
+// qos emits the shaping change of link want (whose qdiscs are now cur).
+func (d *differ) qos(ns string, want *model.Link, cur *model.QoS) {
+	if want == nil || qos.Equal(want.QoS, cur) {
+		return
+	}
+	s := d.step(OpQoS, ns)
+	s.Link, s.QoS, s.OldQoS = want, want.QoS, cur
+	d.portVLANs = append(d.portVLANs, s)
+	if d.qosChanged == nil {
+		d.qosChanged = map[string]bool{}
+	}
+	d.qosChanged[ns] = true
 }
 
 // newPortVLANs sets the VLAN membership of a port about to be created on a

@@ -31,6 +31,7 @@ const (
 	OpDelRoute     Op = "delete-route"
 	OpAddRoute     Op = "add-route"
 	OpFirewall     Op = "write-nftables"
+	OpQoS          Op = "set-qos"
 	OpDeleteNS     Op = "delete-namespace"
 	OpReturnDevice Op = "return-device"
 )
@@ -64,9 +65,15 @@ type Step struct {
 	// VLANs and OldVLANs: OpPortVLANs makes a bridge port's membership VLANs.
 	VLANs    []model.VLANEntry `json:"vlans,omitempty"`
 	OldVLANs []model.VLANEntry `json:"old_vlans,omitempty"`
-	// Masq and OldMasq: OpFirewall writes kvmnet's nftables table whole.
-	Masq    []model.Masquerade `json:"masquerade,omitempty"`
-	OldMasq []model.Masquerade `json:"old_masquerade,omitempty"`
+	// Masq, Firewall and Guards: OpFirewall writes kvmnet's nftables tables
+	// whole from them; OldNFT is the canonical form it replaces.
+	Masq     []model.Masquerade `json:"masquerade,omitempty"`
+	Firewall *model.Firewall    `json:"firewall,omitempty"`
+	Guards   []model.PortGuard  `json:"guards,omitempty"`
+	OldNFT   string             `json:"old_nft,omitempty"`
+	// QoS and OldQoS: OpQoS shapes Link's egress (nil: none).
+	QoS    *model.QoS `json:"qos,omitempty"`
+	OldQoS *model.QoS `json:"old_qos,omitempty"`
 	// Network is the owning network ID (for the marks of created objects).
 	Network string `json:"network"`
 }
@@ -96,7 +103,9 @@ func (s Step) Target() string {
 	case OpAddRoute, OpDelRoute:
 		return s.NS + " route " + s.Route.String()
 	case OpFirewall:
-		return s.NS + " nftables table kvmnet"
+		return s.NS + " nftables tables kvmnet"
+	case OpQoS:
+		return s.NS + "/" + s.Link.Name + " qos"
 	}
 	if s.Link != nil {
 		return s.NS + "/" + s.Link.Name
@@ -160,14 +169,30 @@ func (s Step) String() string {
 	case OpDelRoute:
 		return fmt.Sprintf("- %s: route %s", s.NS, s.Route)
 	case OpFirewall:
-		if len(s.Masq) == 0 {
-			return fmt.Sprintf("- %s: nftables table kvmnet", s.NS)
+		var parts []string
+		if len(s.Masq) > 0 {
+			ms := make([]string, len(s.Masq))
+			for i, m := range s.Masq {
+				ms[i] = m.Source.String() + " out " + m.OutIface
+			}
+			parts = append(parts, "masquerade "+strings.Join(ms, ", "))
 		}
-		parts := make([]string, len(s.Masq))
-		for i, m := range s.Masq {
-			parts[i] = m.Source.String() + " out " + m.OutIface
+		if s.Firewall != nil {
+			pol := make([]string, 0, 3)
+			for _, h := range []string{"input", "forward", "output"} {
+				pol = append(pol, h+" "+s.Firewall.Policy[h])
+			}
+			parts = append(parts, fmt.Sprintf("firewall (%s) %d rules", strings.Join(pol, ", "), len(s.Firewall.Rules)))
 		}
-		return fmt.Sprintf("~ %s: nftables table kvmnet: masquerade %s", s.NS, strings.Join(parts, ", "))
+		if len(s.Guards) > 0 {
+			parts = append(parts, fmt.Sprintf("%d port guards", len(s.Guards)))
+		}
+		if len(parts) == 0 {
+			return fmt.Sprintf("- %s: kvmnet's nftables tables", s.NS)
+		}
+		return fmt.Sprintf("~ %s: kvmnet's nftables tables: %s", s.NS, strings.Join(parts, "; "))
+	case OpQoS:
+		return fmt.Sprintf("~ %s: qos of %s: %s (was %s)", s.NS, s.Link.Name, s.QoS, s.OldQoS)
 	}
 	return string(s.Op)
 }
@@ -266,7 +291,14 @@ func (s Step) Inverse() (Step, error) {
 	case OpDelRoute:
 		inv.Op, inv.Route = OpAddRoute, s.Route
 	case OpFirewall:
-		inv.Op, inv.Masq, inv.OldMasq = OpFirewall, s.OldMasq, s.Masq
+		// The previous tables are known only by their canonical form: a
+		// rollback can remove new tables, not rebuild replaced ones.
+		if s.OldNFT != "" {
+			return Step{}, ErrIrreversible
+		}
+		inv.Op = OpFirewall
+	case OpQoS:
+		inv.Op, inv.QoS, inv.OldQoS = OpQoS, s.OldQoS, s.QoS
 	default:
 		return Step{}, ErrIrreversible
 	}

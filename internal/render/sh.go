@@ -10,7 +10,9 @@ import (
 
 	"github.com/kvmnet/kvmnet/internal/link"
 	"github.com/kvmnet/kvmnet/internal/model"
+	"github.com/kvmnet/kvmnet/internal/nft"
 	"github.com/kvmnet/kvmnet/internal/plan"
+	"github.com/kvmnet/kvmnet/internal/qos"
 )
 
 // cmd is one iproute2 invocation: ns "" runs in the root namespace.
@@ -195,7 +197,10 @@ func stepCmds(network string, s plan.Step) []cmd {
 	case plan.OpDelRoute:
 		return []cmd{c("route del %s proto %d", routeArgs(s.Route), link.RouteProtocol)}
 	case plan.OpFirewall:
-		return []cmd{{raw: fmt.Sprintf("ip netns exec %s nft -f - <<'EOF'\n%sEOF", ns, NFT(s.Masq))}}
+		t := nft.Table{Masquerade: s.Masq, Firewall: s.Firewall, Guards: s.Guards}
+		return []cmd{{raw: fmt.Sprintf("ip netns exec %s nft -f - <<'EOF'\n%sEOF", ns, nft.Render(t))}}
+	case plan.OpQoS:
+		return qosCmds(ns, s.Link.Name, s.QoS)
 	}
 	return []cmd{{raw: "# unrenderable step: " + s.String()}}
 }
@@ -242,18 +247,54 @@ func b2i(b bool) int {
 	return 0
 }
 
-// NFT renders kvmnet's nftables table for masq in `nft -f` syntax: the same
-// table, chain, rules and comments that package nft writes over netlink.
+// NFT renders kvmnet's nftables tables for masq in `nft -f` syntax: the
+// same tables, chains, rules and comments that package nft writes over
+// netlink (nft.Render; the oracle tests in package nft check both build the
+// same kernel objects).
 func NFT(masq []model.Masquerade) string {
-	var b strings.Builder
-	b.WriteString("table ip kvmnet\ndelete table ip kvmnet\n")
-	if len(masq) == 0 {
-		return b.String()
+	return nft.Render(nft.Table{Masquerade: masq})
+}
+
+// qosCmds is the tc equivalent of qos.Apply (see the handles in package qos).
+func qosCmds(ns, dev string, q *model.QoS) []cmd {
+	tc := func(format string, a ...any) cmd {
+		return cmd{raw: fmt.Sprintf("tc -n %s ", ns) + fmt.Sprintf(format, a...)}
 	}
-	b.WriteString("table ip kvmnet {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
-	for _, m := range masq {
-		fmt.Fprintf(&b, "\t\toifname %q ip saddr %s counter masquerade comment %q\n", m.OutIface, m.Source, "kvmnet masquerade "+m.String())
+	out := []cmd{{raw: fmt.Sprintf("tc -n %s qdisc del dev %s root handle %x: 2>/dev/null || true", ns, dev, qos.RootMajor)}}
+	if q == nil {
+		return out
 	}
-	b.WriteString("\t}\n}\n")
-	return b.String()
+	netem := func(parent string) cmd {
+		n := q.Netem
+		args := ""
+		if n.DelayUS > 0 {
+			args += fmt.Sprintf(" delay %dus", n.DelayUS)
+			if n.JitterUS > 0 {
+				args += fmt.Sprintf(" %dus", n.JitterUS)
+			}
+		}
+		for _, p := range []struct {
+			word string
+			v    float64
+		}{{"loss", n.LossPct}, {"duplicate", n.DuplicatePct}, {"reorder", n.ReorderPct}, {"corrupt", n.CorruptPct}} {
+			if p.v > 0 {
+				args += fmt.Sprintf(" %s %g%%", p.word, p.v)
+			}
+		}
+		return tc("qdisc add dev %s %s netem%s", dev, parent, args)
+	}
+	if q.Rate == 0 {
+		if q.Netem != nil {
+			out = append(out, netem(fmt.Sprintf("root handle %x:", qos.RootMajor)))
+		}
+		return out
+	}
+	out = append(out,
+		tc("qdisc add dev %s root handle %x: htb default 10", dev, qos.RootMajor),
+		tc("class add dev %s parent %x: classid %x:1 htb rate %dbit ceil %dbit burst %db cburst %db", dev, qos.RootMajor, qos.RootMajor, q.Ceil, q.Ceil, q.Burst, q.Burst),
+		tc("class add dev %s parent %x:1 classid %x:10 htb rate %dbit ceil %dbit burst %db cburst %db", dev, qos.RootMajor, qos.RootMajor, q.Rate, q.Ceil, q.Burst, q.Burst))
+	if q.Netem != nil {
+		out = append(out, netem(fmt.Sprintf("parent %x:10 handle %x:", qos.RootMajor, qos.LeafMajor)))
+	}
+	return out
 }

@@ -49,13 +49,20 @@ func TestShellGolden(t *testing.T) {
 }
 
 func TestNFT(t *testing.T) {
-	got := render.NFT([]model.Masquerade{{OutIface: "uplink0", Source: mustPrefix("192.168.1.0/24")}})
-	for _, want := range []string{"table ip kvmnet {", "type nat hook postrouting priority srcnat;", `oifname "uplink0" ip saddr 192.168.1.0/24 counter masquerade comment "kvmnet masquerade oif=uplink0 saddr=192.168.1.0/24"`} {
+	masq := []model.Masquerade{{OutIface: "uplink0", Source: mustPrefix("192.168.1.0/24")}}
+	got := render.NFT(masq)
+	fp := model.Fingerprint("masquerade " + masq[0].String())
+	for _, want := range []string{
+		"table inet kvmnet {", "type nat hook postrouting priority srcnat; policy accept;",
+		`oifname "uplink0" meta nfproto ipv4 ip saddr 192.168.1.0/24 counter masquerade comment "kvmnet ` + fp + `"`,
+		// The table of kvmnet before the firewall (family ip) is deleted too.
+		"table ip kvmnet\ndelete table ip kvmnet\n",
+	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("nft script lacks %q:\n%s", want, got)
 		}
 	}
-	if empty := render.NFT(nil); strings.Contains(empty, "chain") || !strings.Contains(empty, "delete table ip kvmnet") {
+	if empty := render.NFT(nil); strings.Contains(empty, "chain") || !strings.Contains(empty, "delete table inet kvmnet") || !strings.Contains(empty, "delete table bridge kvmnet") {
 		t.Errorf("empty table script:\n%s", empty)
 	}
 }

@@ -123,6 +123,17 @@ func handleAt(ns *netns.NS) (*netlink.Handle, error) {
 // nic.Wiring says. It is idempotent: a tap and bridge that already carry the
 // mark are kept; a tap without the mark is ErrTapBusy.
 func AttachNIC(ns *netns.NS, nic NIC, mark string) error {
+	return AttachNICMarks(ns, nic, mark, mark)
+}
+
+// AttachNICMarks is AttachNIC with the per-VM bridge (WiringBridge)
+// marked bridgeMark and the tap tapMark. kvmnet's network plan makes the
+// per-VM bridge of a VM declared in a topology (it is part of the network,
+// marked as the network's, with the uplink enslaved) and AttachNICMarks
+// then only adds the tap, which the plan leaves alone because it carries
+// another mark. A bridge carrying neither mark is refused.
+func AttachNICMarks(ns *netns.NS, nic NIC, tapMark, bridgeMark string) error {
+	mark := tapMark
 	nic = Spec{NICs: []NIC{nic}}.WithDefaults().NICs[0]
 	h, err := handleAt(ns)
 	if err != nil {
@@ -170,10 +181,10 @@ func AttachNIC(ns *netns.NS, nic NIC, mark string) error {
 			if br, err = h.LinkByName(nic.Bridge); err != nil {
 				return err
 			}
-			if err := h.LinkSetAlias(br, mark); err != nil {
+			if err := h.LinkSetAlias(br, bridgeMark); err != nil {
 				return err
 			}
-		} else if br.Type() != "bridge" || br.Attrs().Alias != mark {
+		} else if br.Type() != "bridge" || (br.Attrs().Alias != bridgeMark && br.Attrs().Alias != tapMark) {
 			return fmt.Errorf("%s: bridge %q exists and is not kvmnet's (kind %s, alias %q)", where, nic.Bridge, br.Type(), br.Attrs().Alias)
 		}
 		// No IPv6 on the per-VM bridge: it must stay silent on the
@@ -273,4 +284,67 @@ func DetachNIC(ns *netns.NS, nic NIC, mark string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// DetachTap deletes nic's tap in ns if it carries mark; a tap that is gone
+// already is fine. It leaves the per-VM bridge and the uplink alone (for a
+// bridge made by kvmnet's network plan: see AttachNICMarks).
+func DetachTap(ns *netns.NS, nic NIC, mark string) error {
+	nic = Spec{NICs: []NIC{nic}}.WithDefaults().NICs[0]
+	h, err := handleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(nic.Tap)
+	if err != nil {
+		return nil
+	}
+	if l.Attrs().Alias != mark {
+		return fmt.Errorf("%q in namespace %q is not kvmnet's (alias %q): left alone", nic.Tap, ns.Name, l.Attrs().Alias)
+	}
+	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete %q in namespace %q: %w", nic.Tap, ns.Name, err)
+	}
+	return nil
+}
+
+// NICAttached reports, reading only, whether nic is wired as AttachNIC
+// leaves it: its tap exists with mark, is up, has the uplink's MTU and,
+// with WiringBridge, is a port of the per-VM bridge together with the
+// uplink. The reason says what is missing.
+func NICAttached(ns *netns.NS, nic NIC, mark string) (ok bool, reason string, err error) {
+	nic = Spec{NICs: []NIC{nic}}.WithDefaults().NICs[0]
+	h, err := handleAt(ns)
+	if err != nil {
+		return false, "", err
+	}
+	defer h.Close()
+	up, err := h.LinkByName(nic.Uplink)
+	if err != nil {
+		return false, fmt.Sprintf("uplink %q: %v", nic.Uplink, err), nil
+	}
+	tap, err := h.LinkByName(nic.Tap)
+	switch {
+	case err != nil:
+		return false, fmt.Sprintf("no tap %q", nic.Tap), nil
+	case tap.Type() != "tuntap" || tap.Attrs().Alias != mark:
+		return false, fmt.Sprintf("%q is not kvmnet's tap (kind %s, alias %q)", nic.Tap, tap.Type(), tap.Attrs().Alias), nil
+	case tap.Attrs().Flags&net.FlagUp == 0:
+		return false, fmt.Sprintf("tap %q is down", nic.Tap), nil
+	case tap.Attrs().MTU != up.Attrs().MTU:
+		return false, fmt.Sprintf("tap %q has MTU %d, its uplink %d", nic.Tap, tap.Attrs().MTU, up.Attrs().MTU), nil
+	}
+	if nic.Wiring == WiringBridge {
+		br, err := h.LinkByName(nic.Bridge)
+		switch {
+		case err != nil:
+			return false, fmt.Sprintf("no bridge %q", nic.Bridge), nil
+		case tap.Attrs().MasterIndex != br.Attrs().Index || up.Attrs().MasterIndex != br.Attrs().Index:
+			return false, fmt.Sprintf("tap %q and uplink %q are not both ports of %q", nic.Tap, nic.Uplink, nic.Bridge), nil
+		case br.Attrs().Flags&net.FlagUp == 0:
+			return false, fmt.Sprintf("bridge %q is down", nic.Bridge), nil
+		}
+	}
+	return true, "", nil
 }
