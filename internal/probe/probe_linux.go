@@ -92,7 +92,8 @@ func wait(ctx context.Context, fd int, events int16) bool {
 		ms := 50
 		if dl, ok := ctx.Deadline(); ok {
 			if rem := time.Until(dl); rem < 50*time.Millisecond {
-				ms = int(rem/time.Millisecond) + 1
+				// Never 0 or less: a negative timeout makes poll wait forever.
+				ms = max(int(rem/time.Millisecond)+1, 1)
 			}
 		}
 		fds := []unix.PollFd{{Fd: int32(fd), Events: events}}
@@ -319,6 +320,9 @@ func arp(ctx context.Context, ns *netns.NS, src, dst netip.Addr) (bool, string, 
 		return false, "", fmt.Errorf("netlink in namespace %q: %w", ns.Name, err)
 	}
 	defer h.Close()
+	if err := h.SetSocketTimeout(time.Second); err != nil {
+		return false, "", fmt.Errorf("netlink in namespace %q: %w", ns.Name, err)
+	}
 	routes, err := h.RouteGet(net.IP(dst.AsSlice()))
 	if err != nil || len(routes) == 0 {
 		return false, "no route", nil
