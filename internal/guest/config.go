@@ -55,6 +55,9 @@ type Config struct {
 	Env []string `json:"env"`
 	// Run is passed as -test.run when not empty.
 	Run string `json:"run,omitempty"`
+	// Short passes -test.short (tests that boot VMs skip: nested QEMU
+	// under TCG inside a TCG guest is far too slow for the lane).
+	Short bool `json:"short,omitempty"`
 	// Timeout bounds all test binaries together, inside the guest.
 	Timeout Duration `json:"timeout"`
 	// Probe makes /init report CodePass at once: used to check that an

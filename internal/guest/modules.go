@@ -26,6 +26,10 @@ var DefaultModules = []string{
 	"sch_netem", "sch_htb", "sch_tbf", "sch_ingress", "cls_u32", "cls_bpf", "act_mirred",
 	"nf_tables", "nft_ct", "nft_nat", "nft_chain_nat", "nft_masq",
 	"nft_reject_inet", "nft_fib_inet", "nft_meta_bridge", "nft_reject_bridge",
+	// built in or on by default on the host: br_netfilter (bridged traffic through
+	// the inet hooks, which diagnose checks), and the nft expressions the
+	// firewall and port guards use.
+	"br_netfilter", "nft_limit", "nft_log", "nf_log_syslog",
 }
 
 // ErrUnknownModule is returned for a module the guest kernel neither builds

@@ -122,7 +122,7 @@ func run() int {
 	env = append(env, cfg.Env...)
 	code := guest.CodePass
 	for _, t := range cfg.Tests {
-		exit, timedOut := runTest(t, cfg.Run, env, deadline)
+		exit, timedOut := runTest(t, cfg.Run, cfg.Short, env, deadline)
 		if timedOut {
 			return guest.CodeTimeout
 		}
@@ -135,7 +135,7 @@ func run() int {
 
 // runTest runs one test binary in its own process group and kills the group
 // at the deadline.
-func runTest(t guest.TestBinary, run string, env []string, deadline time.Time) (exit int, timedOut bool) {
+func runTest(t guest.TestBinary, run string, short bool, env []string, deadline time.Time) (exit int, timedOut bool) {
 	left := time.Until(deadline)
 	if left <= 0 {
 		say("init: no time left for %s", t.Package)
@@ -150,6 +150,9 @@ func runTest(t guest.TestBinary, run string, env []string, deadline time.Time) (
 	args := []string{"-test.v", "-test.timeout=" + testTimeout.String()}
 	if run != "" {
 		args = append(args, "-test.run="+run)
+	}
+	if short {
+		args = append(args, "-test.short")
 	}
 	args = append(args, t.Args...)
 	fmt.Println(guest.RunMarker(t.Package))

@@ -35,6 +35,7 @@ const initPkg = "github.com/kvmnet/kvmnet/internal/guest/guestinit"
 
 type options struct {
 	run      string
+	short    bool
 	timeout  time.Duration
 	verbose  bool
 	accel    string
@@ -66,6 +67,7 @@ func main() {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.run, "run", "", "run only tests matching `regex` (passed as -test.run)")
+	fs.BoolVar(&o.short, "short", false, "pass -test.short (tests that boot VMs skip)")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "deadline for all tests inside the guest; QEMU is killed 90s after it")
 	fs.BoolVar(&o.verbose, "v", false, "log the lane's steps and show the guest kernel's boot messages")
 	fs.StringVar(&o.accel, "accel", "auto", "QEMU accelerator: auto (KVM if a probe guest boots under it, else TCG), kvm or tcg")
@@ -220,7 +222,7 @@ func run(ctx context.Context, o options, patterns []string) (int, error) {
 	}
 	cfg, err := guest.WriteImage(img, guest.ImageSpec{
 		Init:         initBin,
-		Config:       guest.Config{Env: env, Run: o.run, Timeout: guest.Duration(o.timeout)},
+		Config:       guest.Config{Env: env, Run: o.run, Short: o.short, Timeout: guest.Duration(o.timeout)},
 		Modules:      plan.Load,
 		KernelConfig: k.Config,
 		Tests:        tests,
