@@ -9,10 +9,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -252,7 +254,28 @@ func TestCaptureWritesPcap(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, "4 packets") {
 		t.Fatalf("capture: %d %s", code, stderr)
 	}
-	out := testutil.Run(t, "tcpdump", "-nr", file)
+	// tcpdump reads the file as nobody: run as root it would first drop
+	// privileges to its own user, which the guest lane's initramfs cannot
+	// look up.
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared, err := os.CreateTemp("", "kvmnet-capture-*.pcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(shared.Name()) })
+	shared.Write(data)
+	shared.Chmod(0o644)
+	shared.Close()
+	cmd := exec.Command("tcpdump", "-nr", shared.Name())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	b, err := cmd.CombinedOutput()
+	out := string(b)
+	if err != nil {
+		t.Fatalf("tcpdump -nr %s: %v\n%s", file, err, out)
+	}
 	if !strings.Contains(out, "192.168.1.100 > 192.168.1.1: ICMP echo request") || !strings.Contains(out, "192.168.1.1 > 192.168.1.100: ICMP echo reply") {
 		t.Fatalf("tcpdump -r of the capture:\n%s", out)
 	}

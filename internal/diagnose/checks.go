@@ -522,7 +522,9 @@ func (d *diag) checkRoutes() {
 			d.add(Finding{Severity: Error, Step: 3, Check: check, Namespace: name, Interface: r.Dev, Summary: what, Evidence: ev,
 				Fix: fmt.Sprintf("%s route add %s (or kvmnet up)", ipn(name), r.String())})
 		}
-		if (tn.Role == topology.RoleVM || tn.Role == topology.RoleEndpoint) && !hasDefault[false] && !hasDefault[true] && len(want.Routes) == 0 {
+		// A namespace without addresses (one that only carries a VM's NIC to its
+		// bridge) routes nothing: the guest does.
+		if (tn.Role == topology.RoleVM || tn.Role == topology.RoleEndpoint) && len(connected) > 0 && !hasDefault[false] && !hasDefault[true] && len(want.Routes) == 0 {
 			d.add(Finding{Severity: Info, Step: 3, Check: CheckNoDefaultRoute, Namespace: name,
 				Summary:  "no default route (none declared): only connected subnets are reachable",
 				Evidence: []string{fmt.Sprintf("%s route has no default", ipn(name))},

@@ -18,11 +18,12 @@ type Tool struct {
 
 // DefaultTools are the independent witnesses tests use: iproute2, ping and
 // nft, the same binaries as on the host; plus sh, cat and sysctl, which tests
-// run through `ip netns exec` (and the scripts `kvmnet plan -o sh` writes).
+// run through `ip netns exec` (and the scripts `kvmnet plan -o sh` writes),
+// and tcpdump, which reads the captures `kvmnet capture` writes.
 var DefaultTools = []Tool{
 	{"ip", "iproute2"}, {"bridge", "iproute2"}, {"tc", "iproute2"},
 	{"ping", "iputils-ping"}, {"nft", "nftables"},
-	{"sh", "dash"}, {"cat", "coreutils"}, {"sysctl", "procps"},
+	{"sh", "dash"}, {"cat", "coreutils"}, {"sysctl", "procps"}, {"tcpdump", "tcpdump"},
 }
 
 // DefaultDataFiles are host data files the tools read; missing ones are
@@ -30,6 +31,7 @@ var DefaultTools = []Tool{
 var DefaultDataFiles = []string{
 	"/etc/iproute2", "/usr/share/iproute2", "/usr/lib/iproute2",
 	"/etc/protocols", "/etc/services", "/etc/ethertypes",
+	"/etc/passwd", "/etc/group", "/etc/nsswitch.conf", // tcpdump drops privileges to its own user
 }
 
 // GuestPath is PATH inside the guest (Debian's default for root).
