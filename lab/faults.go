@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/kvmnet/kvmnet/internal/link"
+	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/netns"
+	"github.com/kvmnet/kvmnet/internal/qos"
 	"github.com/kvmnet/kvmnet/internal/state"
 	"github.com/kvmnet/kvmnet/topology"
 )
@@ -49,6 +51,90 @@ func readFaults(store *state.Store) ([]Fault, error) {
 	}
 	var out []Fault
 	return out, json.Unmarshal(b, &out)
+}
+
+// target resolves "ns/ifname" to an open namespace and a connection to it,
+// checking that the interface is kvmnet's own in network t.
+func target(t *topology.Topology, target string) (*netns.NS, *link.Conn, string, error) {
+	nsName, ifname, ok := strings.Cut(target, "/")
+	if !ok || t.Namespace(nsName) == nil {
+		return nil, nil, "", fmt.Errorf("%q: name an interface as NAMESPACE/INTERFACE of network %s", target, t.ID())
+	}
+	ns, err := netns.Open(t.NSName(nsName))
+	if err != nil {
+		return nil, nil, "", err
+	}
+	c, err := link.Dial(ns)
+	if err != nil {
+		ns.Close()
+		return nil, nil, "", err
+	}
+	fail := func(err error) (*netns.NS, *link.Conn, string, error) {
+		c.Close()
+		ns.Close()
+		return nil, nil, "", err
+	}
+	obs, err := c.Observe()
+	if err != nil {
+		return fail(err)
+	}
+	l := obs.Links[ifname]
+	switch {
+	case obs.Owner != t.ID():
+		return fail(fmt.Errorf("namespace %q is not part of network %s", ns.Name, t.ID()))
+	case ifname == "lo" || (l != nil && l.Owner != t.ID()):
+		return fail(fmt.Errorf("interface %q in namespace %q was not created by kvmnet; refusing to touch it", ifname, ns.Name))
+	case l == nil:
+		return fail(fmt.Errorf("no interface %q in namespace %q", ifname, ns.Name))
+	}
+	return ns, c, ifname, nil
+}
+
+// SetQoS shapes interface target ("vm1/eth0") of network t with q at
+// runtime, without changing the file, and records it as a deliberate fault;
+// a nil q restores the declared shaping and forgets the fault. status (which
+// reads the kernel) shows it as drift; the next up restores the declared
+// shaping.
+func SetQoS(ctx context.Context, t *topology.Topology, tgt string, q *model.QoS, opts ...Option) error {
+	o := build(opts)
+	store, err := state.Open(o.stateDir, t.ID())
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if err := store.Lock(30 * time.Second); err != nil {
+		return err
+	}
+	ns, c, ifname, err := target(t, tgt)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	defer c.Close()
+	apply := q
+	if q == nil {
+		if dn := model.Desired(t).Namespaces[ns.Name]; dn != nil && dn.Links[ifname] != nil {
+			apply = dn.Links[ifname].QoS
+		}
+	}
+	if err := qos.Apply(ns, ifname, apply); err != nil {
+		return err
+	}
+	_ = store.Record(stateEntry("qos", tgt, "set "+apply.String()))
+	faults, err := readFaults(store)
+	if err != nil {
+		return err
+	}
+	kept := faults[:0]
+	for _, f := range faults {
+		if !(f.Kind == "qos" && f.Target == tgt) {
+			kept = append(kept, f)
+		}
+	}
+	if q != nil {
+		kept = append(kept, Fault{Kind: "qos", Target: tgt, Detail: q.String(), Time: time.Now().UTC()})
+	}
+	return writeFaults(store, kept)
 }
 
 // SetLinkState takes interface target ("vm1/eth0", namespace as in the

@@ -140,3 +140,42 @@ func TestLinkFaultInjection(t *testing.T) {
 		t.Fatalf("up did not clear the repaired fault: %v", err)
 	}
 }
+
+func TestQoSFaultInjection(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "tc")
+	prefix := testutil.UniquePrefix(t)
+	state := t.TempDir()
+	common := []string{"--prefix", prefix, "--state-dir", state}
+	if code, out, stderr := run(t, append([]string{"up"}, common...)...); code != 0 {
+		t.Fatalf("up: %s %s", out, stderr)
+	}
+	if code, out, stderr := run(t, append([]string{"qos", "vm1/eth0", "set", "--rate", "2mbit"}, common...)...); code != 0 {
+		t.Fatalf("qos set: %d %s %s", code, out, stderr)
+	}
+	if out := testutil.Run(t, "tc", "-n", prefix+"vm1", "class", "show", "dev", "eth0"); !strings.Contains(out, "rate 2Mbit") {
+		t.Fatalf("shaping not applied:\n%s", out)
+	}
+	_, out, _ := run(t, append([]string{"status"}, common...)...)
+	if !strings.Contains(out, "DELIBERATE: qos vm1/eth0") || !strings.Contains(out, "qos of eth0") {
+		t.Fatalf("status does not show the injected shaping:\n%s", out)
+	}
+	if code, _, stderr := run(t, append([]string{"qos", "vm1/eth0", "set", "--rate", "10mbps"}, common...)...); code == 0 || !strings.Contains(stderr, "is not a rate") {
+		t.Fatalf("bad rate accepted: %d %s", code, stderr)
+	}
+	// up restores the declared state (no shaping) and forgets the fault.
+	if code, out, stderr := run(t, append([]string{"up"}, common...)...); code != 0 || !strings.Contains(out, "qos of eth0") {
+		t.Fatalf("up after injection: %d %s %s", code, out, stderr)
+	}
+	if out := testutil.Run(t, "tc", "-n", prefix+"vm1", "qdisc", "show", "dev", "eth0"); strings.Contains(out, "htb") {
+		t.Fatalf("up left the injected shaping:\n%s", out)
+	}
+	// reset does the same without up.
+	run(t, append([]string{"qos", "vm1/eth0", "set", "--rate", "3mbit"}, common...)...)
+	if code, out, stderr := run(t, append([]string{"qos", "vm1/eth0", "reset"}, common...)...); code != 0 || !strings.Contains(out, "restored") {
+		t.Fatalf("reset: %d %s %s", code, out, stderr)
+	}
+	if out := testutil.Run(t, "tc", "-n", prefix+"vm1", "qdisc", "show", "dev", "eth0"); strings.Contains(out, "htb") {
+		t.Fatalf("reset left the shaping:\n%s", out)
+	}
+}

@@ -328,3 +328,18 @@ func nilIfEmpty(ps []netip.Prefix) []netip.Prefix {
 	}
 	return ps
 }
+
+// QoSFromSpec validates and converts one NIC's qos as the topology gives it
+// (for runtime shaping from the command line).
+func QoSFromSpec(q *topology.QoS) (*QoS, error) {
+	t := &topology.Topology{Name: "qos", Namespaces: []topology.Namespace{{Name: "x", Role: topology.RoleEndpoint}},
+		Links: []topology.Link{{MTU: topology.DefaultMTU, Endpoints: []topology.Endpoint{{Namespace: "x", Name: "eth0", QoS: q}, {Namespace: "y", Name: "eth0"}}}}}
+	t.Namespaces = append(t.Namespaces, topology.Namespace{Name: "y", Role: topology.RoleEndpoint})
+	if err := t.Normalize(); err != nil {
+		return nil, err
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	return qosOf(q.Egress, q.Netem), nil
+}

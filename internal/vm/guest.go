@@ -80,7 +80,14 @@ func PrepareGuest(ctx context.Context, o GuestOptions) (*Guest, error) {
 	}
 	if agent == "" {
 		agent = filepath.Join(dir, "agent")
-		if err := BuildAgent(ctx, agent); err != nil {
+		err := BuildAgent(ctx, agent)
+		if errors.Is(err, ErrNoSource) {
+			// Outside a source tree: the agent scripts/install.sh installed.
+			if _, serr := os.Stat(InstalledAgent); serr == nil {
+				agent, err = InstalledAgent, nil
+			}
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -116,8 +123,12 @@ func PrepareGuest(ctx context.Context, o GuestOptions) (*Guest, error) {
 	return &Guest{Kernel: k.Vmlinuz, Initrd: initrd, Release: k.Release, Accel: choice}, nil
 }
 
+// InstalledAgent is where scripts/install.sh puts the static agent, used
+// when kvmnet runs outside its source tree and KVMNET_AGENT is not set.
+var InstalledAgent = "/usr/local/lib/kvmnet/agent"
+
 // ErrNoSource is returned by BuildAgent outside a kvmnet source tree.
-var ErrNoSource = errors.New("the built-in guest's agent is built from the kvmnet source tree; set KVMNET_AGENT to a prebuilt static agent")
+var ErrNoSource = errors.New("the built-in guest's agent is built from the kvmnet source tree; run kvmnet from it, install the agent with scripts/install.sh, or set KVMNET_AGENT to a prebuilt static agent")
 
 // BuildAgent builds the static agent (CGO_ENABLED=0, stripped) into dst
 // with the Go toolchain, from the source tree around the working directory
