@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kvmnet/kvmnet/internal/kernelfeat"
+	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/plan"
 	"github.com/kvmnet/kvmnet/internal/testutil"
 	"github.com/kvmnet/kvmnet/topology"
@@ -86,6 +87,14 @@ func TestVLANAccessPorts(t *testing.T) {
 	}
 	if got := vlanOf(vlans, "vm3"); !strings.Contains(got, "200 PVID Egress Untagged") || strings.Contains(got, " 1 PVID") {
 		t.Errorf("bridge vlan show: vm3 = %q, want only VLAN 200:\n%s", got, vlans)
+	}
+	// What status shows per port (port_vlans) is the kernel's table.
+	obs, err := Observe(context.Background(), topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := obs.Namespaces[topo.NSName("bridge")].Links["vm3"].PortVLANs; len(got) != 1 || got[0] != (model.VLANEntry{VID: 200, PVID: true, Untagged: true}) {
+		t.Errorf("observed membership of vm3 = %v, want [200 pvid untagged]", got)
 	}
 	// Moving vm3 into VLAN 100 (its port's membership and its address) is an
 	// in-place change: no link is recreated, and vm3 becomes reachable. (The
