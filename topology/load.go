@@ -141,6 +141,10 @@ func Decode(file string, data []byte) (*Topology, error) {
 		return nil, list
 	}
 	t.File = file
+	// Later errors (validation, lint) only need field positions: let the
+	// syntax tree and its token maps go (a large file's tree is most of the
+	// loader's memory).
+	src.paths, src.nodes, src.byPos = nil, nil, nil
 	t.src = src
 	return &t, nil
 }

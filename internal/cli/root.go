@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
@@ -45,6 +46,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 				defer pprof.StopCPUProfile()
 			}
 		}
+	}
+	// KVMNET_MEMPROFILE=FILE writes a heap profile (all allocations) at exit.
+	if p := os.Getenv("KVMNET_MEMPROFILE"); p != "" {
+		runtime.MemProfileRate = 4096
+		defer func() {
+			if f, err := os.Create(p); err == nil {
+				pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
 	}
 	root, g := Entrypoint(stdout, stderr)
 	root.SetArgs(args)

@@ -6,6 +6,7 @@
 package state
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -24,6 +25,7 @@ type Store struct {
 	Network string
 	lock    *os.File
 	journal *os.File
+	buf     *bufio.Writer
 }
 
 // Open creates (if needed) and opens the state directory of network under base.
@@ -79,6 +81,7 @@ func (s *Store) Record(e Entry) error {
 			return fmt.Errorf("journal: %w", err)
 		}
 		s.journal = f
+		s.buf = bufio.NewWriterSize(f, 64<<10)
 	}
 	e.Network = s.Network
 	if e.Time.IsZero() {
@@ -88,8 +91,16 @@ func (s *Store) Record(e Entry) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.journal.Write(append(b, '\n'))
+	_, err = s.buf.Write(append(b, '\n'))
 	return err
+}
+
+// Flush writes the buffered journal entries out (Close flushes too).
+func (s *Store) Flush() error {
+	if s.buf == nil {
+		return nil
+	}
+	return s.buf.Flush()
 }
 
 // JournalPath is the journal file's path.
@@ -98,6 +109,7 @@ func (s *Store) JournalPath() string { return filepath.Join(s.Dir, "journal.json
 // Close releases the lock and the journal.
 func (s *Store) Close() error {
 	if s.journal != nil {
+		s.buf.Flush()
 		s.journal.Close()
 	}
 	if s.lock != nil {
