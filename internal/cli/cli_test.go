@@ -179,3 +179,15 @@ func TestQoSFaultInjection(t *testing.T) {
 		t.Fatalf("reset left the shaping:\n%s", out)
 	}
 }
+
+func TestValidateWarnsAboutCTStateNew(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "hardened.yaml")
+	os.WriteFile(f, []byte("name: h\nnamespaces:\n  - name: vm1\n    firewall:\n      input: drop\n      rules:\n        - {action: accept, ct_state: [new]}\n"), 0o644)
+	code, out, stderr := run(t, "validate", "-f", f)
+	if code != 0 || !strings.Contains(out, "valid") {
+		t.Fatalf("a warning must not fail validation: %d %s %s", code, out, stderr)
+	}
+	if !strings.Contains(stderr, f+":7:") || !strings.Contains(stderr, "warning: input accepts ct state new") {
+		t.Fatalf("no positioned warning:\n%s", stderr)
+	}
+}

@@ -117,11 +117,22 @@ func (g *globals) logger() *slog.Logger {
 }
 
 // load reads the topology named by -f, or the reference design.
+// Warnings (valid but probably mistaken, topology.Lint) go to stderr.
 func (g *globals) load() (*topology.Topology, error) {
+	var t *topology.Topology
+	var err error
 	if g.file == "" {
-		return topology.Default(topology.WithPrefix(g.prefix))
+		t, err = topology.Default(topology.WithPrefix(g.prefix))
+	} else {
+		t, err = topology.Load(g.file, topology.WithPrefix(g.prefix))
 	}
-	return topology.Load(g.file, topology.WithPrefix(g.prefix))
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range t.Lint() {
+		fmt.Fprintln(g.stderr, "kvmnet:", w)
+	}
+	return t, nil
 }
 
 func (g *globals) opts() []lab.Option {
