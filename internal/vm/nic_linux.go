@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"time"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
@@ -59,12 +60,25 @@ func tunsetiff(fd int, name string) error {
 }
 
 // openTapHere opens name in the calling thread's namespace (inside Do).
+//
+// A single-queue tap is busy while any descriptor of it is open. When VMs
+// boot in parallel, a QEMU being forked for one VM briefly holds, until its
+// exec closes them, copies of every descriptor the process had open, among
+// them the tap another VM is attaching (O_CLOEXEC closes it only at exec):
+// so EBUSY is retried for a moment before it is an error.
 func openTapHere(name string) (*os.File, error) {
 	fd, err := unix.Open(tunDevice, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", tunDevice, err)
 	}
-	if err := tunsetiff(fd, name); err != nil {
+	for try := 0; ; try++ {
+		err = tunsetiff(fd, name)
+		if !errors.Is(err, unix.EBUSY) || try == 100 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("TUNSETIFF %q: %w", name, err)
 	}
