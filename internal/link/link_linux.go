@@ -655,21 +655,8 @@ func (c *Conn) Snapshot(name string) (DeviceConfig, error) {
 		if r.Protocol == unix.RTPROT_KERNEL {
 			continue // comes back with the address
 		}
-		dr := DeviceRoute{Metric: r.Priority, Protocol: int(r.Protocol), Scope: int(r.Scope)}
-		if r.Dst != nil {
-			ip, _ := netip.AddrFromSlice(r.Dst.IP)
-			bits, _ := r.Dst.Mask.Size()
-			dr.Dst = netip.PrefixFrom(ip.Unmap(), bits)
-		} else if r.Family == unix.AF_INET6 {
-			dr.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
-		} else {
-			dr.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-		}
-		if r.Gw != nil {
-			gw, _ := netip.AddrFromSlice(r.Gw)
-			dr.Via = gw.Unmap()
-		}
-		cfg.Routes = append(cfg.Routes, dr)
+		dst, via := routeDstVia(r)
+		cfg.Routes = append(cfg.Routes, DeviceRoute{Dst: dst, Via: via, Metric: r.Priority, Protocol: int(r.Protocol), Scope: int(r.Scope)})
 	}
 	return cfg, nil
 }
@@ -703,4 +690,24 @@ func (c *Conn) Restore(name string, cfg DeviceConfig) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// routeDstVia returns a route's destination (0.0.0.0/0 or ::/0 for a
+// default route) and gateway (zero when on-link).
+func routeDstVia(r netlink.Route) (dst netip.Prefix, via netip.Addr) {
+	switch {
+	case r.Dst != nil:
+		ip, _ := netip.AddrFromSlice(r.Dst.IP)
+		bits, _ := r.Dst.Mask.Size()
+		dst = netip.PrefixFrom(ip.Unmap(), bits)
+	case r.Family == unix.AF_INET6:
+		dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	default:
+		dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	if r.Gw != nil {
+		gw, _ := netip.AddrFromSlice(r.Gw)
+		via = gw.Unmap()
+	}
+	return dst, via
 }

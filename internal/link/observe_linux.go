@@ -150,19 +150,8 @@ func (c *Conn) Observe() (*model.Namespace, error) {
 	}
 	for _, r := range routes {
 		mr := &model.Route{Metric: r.Priority}
-		if r.Dst != nil {
-			ip, _ := netip.AddrFromSlice(r.Dst.IP)
-			bits, _ := r.Dst.Mask.Size()
-			mr.Dst = netip.PrefixFrom(ip.Unmap(), bits)
-		} else if r.Family == unix.AF_INET6 {
-			mr.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
-		} else {
-			mr.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-		}
-		if r.Gw != nil {
-			gw, _ := netip.AddrFromSlice(r.Gw)
-			mr.Via = gw.Unmap()
-		} else if l := byIndex[r.LinkIndex]; l != nil {
+		mr.Dst, mr.Via = routeDstVia(r)
+		if l := byIndex[r.LinkIndex]; !mr.Via.IsValid() && l != nil {
 			mr.Dev = l.Name
 		}
 		ns.Routes[mr.Key()] = mr
