@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -192,6 +193,7 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 			_ = store.Record(e)
 		},
 	}
+	ex.Tables = tableStore{dir: filepath.Join(store.Dir, "nft")}
 	if o.moveHostNIC || verb == "down" {
 		ex.Devices = hostDevices{dir: filepath.Join(store.Dir, "devices")}
 	}
@@ -217,6 +219,9 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 	res.Duration = time.Since(start)
 	if err == nil && verb == "up" {
 		_ = writeFaults(store, nil) // up repaired every injected fault
+	}
+	if err == nil && verb == "down" {
+		_ = os.RemoveAll(filepath.Join(store.Dir, "nft")) // no tables left
 	}
 	if err != nil && verb == "up" {
 		created := map[string]bool{}

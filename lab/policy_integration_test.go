@@ -2,6 +2,8 @@ package lab
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -207,5 +209,45 @@ namespaces:
 	w := topo.Lint()
 	if len(w) != 1 || !strings.Contains(w[0].Error(), "lint.yaml:8:") || !strings.Contains(w[0].Error(), "established,related") {
 		t.Fatalf("lint: %v", w)
+	}
+}
+
+func TestFirewallEditRollsBack(t *testing.T) {
+	testutil.RequireTool(t, "nft")
+	topo := fixture(t, policyNet)
+	up(t, topo)
+	before := inNS(t, topo, "vm1", "nft", "list", "table", "inet", "kvmnet")
+
+	// Edit vm1's firewall (ssh moves to 2222), and make the step right after
+	// the table is written fail: the rollback must rebuild the old table.
+	edited, err := topology.Parse("test.yaml", []byte(strings.Replace(policyNet, "dport: 22}", "dport: 2222}", 1)), topology.WithPrefix(topo.Prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := fmt.Errorf("injected after the firewall")
+	wrote := false
+	_, err = Up(context.Background(), edited, testOpts(t, withBeforeStep(func(s plan.Step) error {
+		if s.Op == plan.OpFirewall {
+			wrote = true
+		}
+		if wrote && s.Op == plan.OpMark {
+			return boom
+		}
+		return nil
+	}))...)
+	if !errors.Is(err, boom) || !wrote {
+		t.Fatalf("edit with an injected failure: %v (firewall step seen: %v)", err, wrote)
+	}
+	if !strings.Contains(err.Error(), "everything this run changed was rolled back") {
+		t.Fatalf("rollback incomplete: %v", err)
+	}
+	if after := inNS(t, topo, "vm1", "nft", "list", "table", "inet", "kvmnet"); after != before {
+		t.Fatalf("the old table was not rebuilt:\nbefore\n%s\nafter\n%s", before, after)
+	}
+	tcpEcho(t, topo, "vm1", "192.168.1.100:22")
+	tcpRoundTrip(t, topo, "vm2", "192.168.1.100:22")
+	steps, err := Plan(context.Background(), topo, WithDeep(true))
+	if err != nil || len(steps) != 0 {
+		t.Fatalf("after the rollback the network differs from the original: %v %v", err, steps)
 	}
 }

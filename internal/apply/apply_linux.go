@@ -27,10 +27,25 @@ type Executor struct {
 	AfterStep func(s plan.Step, err error)
 	// Devices moves real NICs; nil refuses every move.
 	Devices DeviceMover
+	// Tables keeps the nftables tables kvmnet wrote per namespace (the state
+	// directory), so that undoing the replacement of one can rebuild the old
+	// one. nil: a replaced table cannot be rebuilt.
+	Tables TableStore
+
+	// replaced holds, per namespace, the tables an OpFirewall of this run
+	// replaced (as the store knew them).
+	replaced map[string]nft.Table
 
 	writes int
 	nss    map[string]*netns.NS
 	conns  map[string]*link.Conn
+}
+
+// TableStore remembers the last nftables tables kvmnet wrote in each
+// namespace.
+type TableStore interface {
+	Load(ns string) (nft.Table, bool)
+	Save(ns string, t nft.Table) error
 }
 
 // DeviceMover moves a real NIC between the root namespace and a network
@@ -170,6 +185,15 @@ func (e *Executor) Undo(done []plan.Step, created map[string]bool) error {
 			continue
 		}
 		inv, err := s.Inverse()
+		if s.Op == plan.OpFirewall && s.OldNFT != "" {
+			// Rebuild the replaced tables from the store, if it holds
+			// exactly what was there.
+			old, ok := e.replaced[s.NS]
+			if ok && nft.Canonical(old) == s.OldNFT {
+				inv, err = s, nil
+				inv.Masq, inv.Firewall, inv.Guards, inv.OldNFT = old.Masquerade, old.Firewall, old.Guards, ""
+			}
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("undo %q: %w", s.String(), err))
 			continue
@@ -213,7 +237,24 @@ func (e *Executor) run(s plan.Step) error {
 			return err
 		}
 		e.writes++
-		return nft.Apply(ns, nft.Table{Masquerade: s.Masq, Firewall: s.Firewall, Guards: s.Guards})
+		t := nft.Table{Masquerade: s.Masq, Firewall: s.Firewall, Guards: s.Guards}
+		if e.Tables != nil {
+			if old, ok := e.Tables.Load(s.NS); ok {
+				if e.replaced == nil {
+					e.replaced = map[string]nft.Table{}
+				}
+				if _, seen := e.replaced[s.NS]; !seen {
+					e.replaced[s.NS] = old
+				}
+			}
+		}
+		if err := nft.Apply(ns, t); err != nil {
+			return err
+		}
+		if e.Tables != nil {
+			return e.Tables.Save(s.NS, t)
+		}
+		return nil
 	case plan.OpQoS:
 		ns, err := e.ns(s.NS)
 		if err != nil {
