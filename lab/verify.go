@@ -12,8 +12,13 @@ import (
 )
 
 // Probes turns the topology's expect section into probes: a `to` that names
-// a namespace probes that namespace's first declared address.
+// a namespace probes that namespace's first declared address (a VM: its
+// guest's address, as VMStatus reports it).
 func Probes(t *topology.Topology) ([]probe.Probe, error) {
+	return probes(context.Background(), t)
+}
+
+func probes(ctx context.Context, t *topology.Topology, opts ...Option) ([]probe.Probe, error) {
 	first := map[string]netip.Addr{}
 	visit := func(ns string, addrs []string) {
 		if _, ok := first[ns]; ok {
@@ -43,10 +48,25 @@ func Probes(t *topology.Topology) ([]probe.Probe, error) {
 			visit(u.Peer.Namespace, u.Peer.Addresses)
 		}
 	}
+	if len(t.VMs) > 0 {
+		if st, err := VMStatus(ctx, t, opts...); err == nil {
+			for _, v := range st.VMs {
+				for _, a := range v.Addresses {
+					if a.Addr.Addr().Is4() {
+						if _, ok := first[v.Name]; !ok {
+							first[v.Name] = a.Addr.Addr()
+						}
+					}
+				}
+			}
+		}
+	}
 	var out []probe.Probe
 	for i, x := range t.Expect {
 		to := x.To
-		if t.Namespace(x.To) != nil {
+		if a, ok := first[x.To]; ok && t.VM(x.To) != nil {
+			to = a.String()
+		} else if t.Namespace(x.To) != nil {
 			a, ok := first[x.To]
 			if !ok {
 				return nil, fmt.Errorf("expect[%d]: namespace %q has no address to probe", i, x.To)
@@ -73,11 +93,26 @@ func Probes(t *topology.Topology) ([]probe.Probe, error) {
 }
 
 // Verify runs the topology's expectations as real probes from inside the
-// namespaces and returns the results (OK false where the network differs).
-func Verify(ctx context.Context, t *topology.Topology) ([]probe.Result, error) {
-	probes, err := Probes(t)
+// namespaces (or, for a probe from a built-in VM, from inside its guest
+// through the agent) and returns the results (OK false where the network
+// differs).
+func Verify(ctx context.Context, t *topology.Topology, opts ...Option) ([]probe.Result, error) {
+	ps, err := probes(ctx, t, opts...)
 	if err != nil {
 		return nil, err
 	}
-	return probe.Run(ctx, probes), nil
+	var plain []probe.Probe
+	var at []int
+	results := make([]probe.Result, len(ps))
+	for i, x := range t.Expect {
+		if v := t.VM(x.From); v != nil && v.Boot == nil {
+			results[i] = vmProbe(ctx, t, x.From, ps[i], nil, opts...)
+			continue
+		}
+		plain, at = append(plain, ps[i]), append(at, i)
+	}
+	for k, r := range probe.Run(ctx, plain) {
+		results[at[k]] = r
+	}
+	return results, nil
 }

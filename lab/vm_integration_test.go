@@ -246,6 +246,29 @@ func TestVMsUpDown(t *testing.T) {
 		}
 	}
 
+	// kvmnet verify from inside the guests (through their agents) and from
+	// a namespace to a guest: each expectation holds, both ways.
+	topo.Expect = []topology.Expectation{
+		{From: "vm1", To: "vm2"},
+		{From: "vm2", To: "192.168.77.1"},
+		{From: "vm1", To: "10.77.0.2"},
+		{From: "vm1", To: "192.168.77.1", Proto: "tcp", Port: 7011, Expect: "blocked"},
+		{From: "world", To: "vm1", Proto: "tcp", Port: 7},
+	}
+	results, err := Verify(ctx, topo, testOpts(t)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results {
+		if !r.OK {
+			t.Errorf("verify %s: got %s (%s)", r.Probe.Label(), r.Got(), r.Detail)
+		}
+	}
+	if !strings.Contains(results[0].Detail, "from the guest: 2/2 replies from "+addr["vm2"]) {
+		t.Errorf("the probe from vm1 did not run in its guest: %s", results[0].Detail)
+	}
+	topo.Expect = nil
+
 	// 2. Traffic: each guest pings the gateway and the other guest (from
 	// inside, through the agent); the external host reaches a guest's HTTP
 	// and TCP echo ports through the routed uplink.

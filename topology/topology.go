@@ -255,3 +255,9 @@ func (t *Topology) NamespacesWithRole(r Role) []string {
 	}
 	return out
 }
+
+// EachAddress calls fn with the namespace of every declared interface
+// address (link ends, bridges, VLAN sub-interfaces, the uplink and its peer).
+func (t *Topology) EachAddress(fn func(ns, addr string)) {
+	t.eachAddress(func(ns, _, _, addr string) { fn(ns, addr) })
+}

@@ -401,10 +401,17 @@ func (v *validator) qos(e Endpoint, f string) {
 func (v *validator) expectations() {
 	for i, x := range v.t.Expect {
 		f := fmt.Sprintf("expect[%d]", i)
-		v.nsRef(x.From, f+".from")
 		proto := x.Proto
 		if proto == "" {
 			proto = "icmp"
+		}
+		if vm := v.t.VM(x.From); vm != nil && vm.Boot == nil {
+			// From inside a built-in guest, through its agent: ICMP and TCP.
+			if proto != "icmp" && proto != "tcp" {
+				v.c.add(f+".proto", "a probe from VM %q runs in its guest agent, which sends icmp and tcp probes only", x.From)
+			}
+		} else {
+			v.nsRef(x.From, f+".from")
 		}
 		v.oneOf(proto, ProbeProtos, f+".proto", "probe protocol")
 		if x.Expect != "" {

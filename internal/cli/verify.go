@@ -27,7 +27,7 @@ mismatch (a reachable flow that should be blocked, or the other way round).`,
 			if len(t.Expect) == 0 {
 				return fmt.Errorf("the topology has no expect section: nothing to verify")
 			}
-			results, err := lab.Verify(cmd.Context(), t)
+			results, err := lab.Verify(cmd.Context(), t, g.opts()...)
 			if err != nil {
 				return err
 			}
