@@ -22,8 +22,15 @@ func policy(t *topology.Topology, s *State) {
 		if len(e.ep.SecurityGroups) == 0 {
 			continue
 		}
-		fw := firewallOf(nsOf(e.ep.Namespace))
-		fw.Rules = append(fw.Rules, securityGroupRules(e.ep, e.field, sgs)...)
+		n := nsOf(e.ep.Namespace)
+		tap := vmTapOn(t, e.ep)
+		if tap != "" {
+			// A QEMU VM's traffic is bridged through this namespace: mark
+			// what it sends at its tap, so the rules can tell direction.
+			n.Guards = append(n.Guards, PortGuard{Port: tap, Mark: VMMark})
+		}
+		fw := firewallOf(n)
+		fw.Rules = append(fw.Rules, securityGroupRules(e.ep, tap, sgs)...)
 	}
 	for i, ns := range t.Namespaces {
 		if ns.Firewall == nil {
@@ -200,10 +207,32 @@ func firewallRules(r topology.FirewallRule, origin string) []Rule {
 	return []Rule{rule}
 }
 
+// vmTapOn returns the tap of the QEMU VM NIC that rides on link end e, or "".
+func vmTapOn(t *topology.Topology, e topology.Endpoint) string {
+	for _, v := range t.VMs {
+		if v.NS() != e.Namespace {
+			continue
+		}
+		for j, n := range v.NICs {
+			if n.Uplink == e.Name {
+				return topology.VMTap(j)
+			}
+		}
+	}
+	return ""
+}
+
 // securityGroupRules turns the groups attached to NIC e into rules on its
 // interface: replies accepted, the groups' ingress accepted, the rest of the
 // inbound traffic dropped; and the same outbound when a group lists egress.
-func securityGroupRules(e topology.Endpoint, field string, sgs map[string]topology.SecurityGroup) []Rule {
+//
+// When a QEMU VM's NIC rides on e (vmTap is its tap), the VM's traffic is
+// bridged through the namespace and crosses the forward hook with the
+// bridge as both devices: the rules go there and tell direction by the mark
+// the tap sets on what the VM sends (model.VMMark). DHCP replies to the VM
+// are let in too (the request was a broadcast, so conntrack cannot match
+// them).
+func securityGroupRules(e topology.Endpoint, vmTap string, sgs map[string]topology.SecurityGroup) []Rule {
 	iface := e.Name
 	v6 := false
 	for _, a := range e.Addresses {
@@ -214,9 +243,12 @@ func securityGroupRules(e topology.Endpoint, field string, sgs map[string]topolo
 	var out []Rule
 	dir := func(hook string, pick func(topology.SecurityGroup) []topology.SGRule, peers func(topology.SGRule) []string) {
 		match := func(r Rule) Rule {
-			if hook == "input" {
+			switch {
+			case vmTap != "":
+				r.Hook, r.Mark, r.MarkNot = "forward", VMMark, hook == "input"
+			case hook == "input":
 				r.IIf = iface
-			} else {
+			default:
 				r.OIf = iface
 			}
 			return r
@@ -269,6 +301,11 @@ func securityGroupRules(e topology.Endpoint, field string, sgs map[string]topolo
 		}
 		word := map[string]string{"input": "ingress", "output": "egress"}[hook]
 		out = append(out, match(Rule{Hook: hook, Action: "accept", CTState: []string{"established", "related"}, Origin: fmt.Sprintf("security groups on %s/%s: replies", e.Namespace, iface)}))
+		if vmTap != "" && hook == "input" {
+			out = append(out, match(Rule{Hook: hook, Action: "accept", Proto: "udp", Family: "ip",
+				SPorts: []PortRange{{67, 67}}, DPorts: []PortRange{{68, 68}},
+				Origin: fmt.Sprintf("security groups on %s/%s: DHCP replies to the VM", e.Namespace, iface)}))
+		}
 		if v6 {
 			out = append(out, match(Rule{Hook: hook, Action: "accept", Proto: "icmpv6", Family: "ip6",
 				ICMPTypes: []string{"nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert"},
@@ -279,7 +316,6 @@ func securityGroupRules(e topology.Endpoint, field string, sgs map[string]topolo
 	}
 	dir("input", func(g topology.SecurityGroup) []topology.SGRule { return g.Ingress }, func(r topology.SGRule) []string { return r.From })
 	dir("output", func(g topology.SecurityGroup) []topology.SGRule { return g.Egress }, func(r topology.SGRule) []string { return r.To })
-	_ = field
 	return out
 }
 

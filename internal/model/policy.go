@@ -43,6 +43,11 @@ type Rule struct {
 	IIf       string         `json:"iif,omitempty"`       // input interface name
 	OIf       string         `json:"oif,omitempty"`       // output interface name
 	ICMPTypes []string       `json:"icmp_types,omitempty"`
+	// Mark, when set, matches the packet mark (MarkNot: any other mark).
+	// Frames a VM sends are marked at its tap (PortGuard.Mark), so rules
+	// on its bridged traffic can tell the direction.
+	Mark    uint32 `json:"mark,omitempty"`
+	MarkNot bool   `json:"mark_not,omitempty"`
 	// Log, when set, logs matching packets with this prefix.
 	Log string `json:"log,omitempty"`
 	// Origin says where the rule comes from, for people: "namespaces[2] rule 3",
@@ -83,6 +88,13 @@ func (r Rule) String() string {
 	}
 	if r.OIf != "" {
 		w("oif %s", r.OIf)
+	}
+	if r.Mark != 0 {
+		op := ""
+		if r.MarkNot {
+			op = "!= "
+		}
+		w("mark %s%#x", op, r.Mark)
 	}
 	if len(r.CTState) > 0 {
 		w("ct state %s", strings.Join(r.CTState, ","))
@@ -154,14 +166,20 @@ type PortGuard struct {
 	MACs         []string     `json:"macs,omitempty"`
 	IPs          []netip.Addr `json:"ips,omitempty"`
 	BroadcastPPS int          `json:"broadcast_pps,omitempty"`
+	// Mark, when set, marks every frame entering through the port (after
+	// the checks above), for firewall rules that match Rule.Mark.
+	Mark uint32 `json:"mark,omitempty"`
 }
+
+// VMMark marks the frames a VM sends, at its tap.
+const VMMark = 0x6b76
 
 func (g PortGuard) String() string {
 	ips := make([]string, len(g.IPs))
 	for i, ip := range g.IPs {
 		ips[i] = ip.String()
 	}
-	return fmt.Sprintf("port %s macs %s ips %s bcast %d", g.Port, strings.Join(g.MACs, ","), strings.Join(ips, ","), g.BroadcastPPS)
+	return fmt.Sprintf("port %s macs %s ips %s bcast %d mark %#x", g.Port, strings.Join(g.MACs, ","), strings.Join(ips, ","), g.BroadcastPPS, g.Mark)
 }
 
 // QoS shapes one interface's egress. Rates are bits per second; 0 is unset.

@@ -34,6 +34,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
@@ -437,6 +438,16 @@ func famOf(a netip.Addr) *family {
 func compileRule(r model.Rule, sets map[string]*setIR) (ruleIR, error) {
 	ri := ruleIR{fp: model.Fingerprint(r.String()), origin: r.Origin}
 	add := func(s stmt) { ri.stmts = append(ri.stmts, s) }
+	if r.Mark != 0 {
+		op, word := expr.CmpOpEq, ""
+		if r.MarkNot {
+			op, word = expr.CmpOpNeq, "!= "
+		}
+		add(stmt{text: fmt.Sprintf("meta mark %s%#08x", word, r.Mark), exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Cmp{Op: op, Register: 1, Data: binaryutil.NativeEndian.PutUint32(r.Mark)},
+		}})
+	}
 
 	// The rule's address family: declared, or implied by its addresses and sets.
 	var fam *family
@@ -906,6 +917,22 @@ func compileGuard(g model.PortGuard) ([]ruleIR, error) {
 			text:  fmt.Sprintf("limit rate over %d/second", g.BroadcastPPS),
 			exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(g.BroadcastPPS), Over: true, Unit: expr.LimitTimeSecond, Burst: 5}},
 		})
+	}
+	if g.Mark != 0 {
+		// Last: frames that passed the checks get the port's mark.
+		all := []stmt{port,
+			{text: "counter", exprs: []expr.Any{&expr.Counter{}}},
+			{text: fmt.Sprintf("meta mark set %#08x", g.Mark), exprs: []expr.Any{
+				&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(g.Mark)},
+				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+			}},
+		}
+		texts := make([]string, len(all))
+		for i, st := range all {
+			texts[i] = st.text
+		}
+		line := strings.Join(texts, " ")
+		out = append(out, ruleIR{stmts: all, fp: model.Fingerprint("guard " + line), origin: fmt.Sprintf("mark of port %s", g.Port)})
 	}
 	return out, nil
 }
