@@ -518,7 +518,7 @@ func TestVMSecurityGroup(t *testing.T) {
 		t.Fatalf("up (the guest behind the group must still get its DHCP lease): %v", err)
 	}
 	topo.Expect = []topology.Expectation{
-		{From: "world", To: "vm1", Proto: "tcp", Port: 7},                      // allowed from anywhere
+		{From: "world", To: "vm1", Proto: "tcp", Port: 7},                     // allowed from anywhere
 		{From: "world", To: "vm1", Proto: "tcp", Port: 80, Expect: "blocked"}, // allowed from the segment only
 		{From: "world", To: "vm1", Expect: "blocked"},                         // ICMP: not allowed
 		{From: "world", To: "vm2", Proto: "tcp", Port: 80},                    // vm2 has no group
