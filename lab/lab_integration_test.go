@@ -782,22 +782,7 @@ uplink:
 }
 
 func TestIPv6(t *testing.T) {
-	topo := fixture(t, `
-name: six
-namespaces:
-  - {name: host, role: host}
-  - {name: bridge, role: bridge}
-  - {name: vm1, role: vm, routes: [{to: default, via: "2001:db8:1::1"}]}
-bridges:
-  - {name: br0, namespace: bridge}
-links:
-  - endpoints:
-      - {namespace: host, name: eth0, addresses: [192.168.1.1/24, "2001:db8:1::1/64"]}
-      - {namespace: bridge, name: host, bridge: br0}
-  - endpoints:
-      - {namespace: vm1, name: eth0, addresses: [192.168.1.100/24, "2001:db8:1::100/64"]}
-      - {namespace: bridge, name: vm1, bridge: br0}
-`)
+	topo := fixture(t, sixGateway) // lab/diagnose_integration_test.go
 	up(t, topo)
 	out, err := testutil.Try("ip", "netns", "exec", topo.NSName("vm1"), "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "2001:db8:1::1")
 	if err != nil {

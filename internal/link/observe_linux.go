@@ -12,20 +12,6 @@ import (
 	"github.com/kvmnet/kvmnet/internal/model"
 )
 
-// Owner returns the network ID in the namespace's ownership mark (the alias
-// of lo), or "" when kvmnet did not create the namespace.
-func (c *Conn) Owner() (string, error) {
-	l, err := c.h.LinkByName("lo")
-	if err != nil {
-		return "", fmt.Errorf("read lo in namespace %q: %w", c.NS.Name, translate(err))
-	}
-	m, ok := model.ParseMark(l.Attrs().Alias)
-	if !ok {
-		return "", nil
-	}
-	return m.ID, nil
-}
-
 // NamespaceMark returns what the namespace's mark (lo's alias) says; ok is
 // false when kvmnet did not create the namespace.
 func (c *Conn) NamespaceMark() (m model.MarkInfo, ok bool, err error) {

@@ -287,16 +287,6 @@ func sysctlPath(key string) string {
 	return "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
 }
 
-// OpenPath opens the namespace at path (e.g. /proc/self/ns/net) under a
-// display name.
-func OpenPath(name, path string) (*NS, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open namespace %q: %w", name, err)
-	}
-	return &NS{Name: name, f: f}, nil
-}
-
 // Exec replaces the process with argv[0] (looked up in PATH) running inside
 // the named namespace. It only returns on error.
 func Exec(name, file string, argv []string) error {

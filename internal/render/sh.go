@@ -247,14 +247,6 @@ func b2i(b bool) int {
 	return 0
 }
 
-// NFT renders kvmnet's nftables tables for masq in `nft -f` syntax: the
-// same tables, chains, rules and comments that package nft writes over
-// netlink (nft.Render; the oracle tests in package nft check both build the
-// same kernel objects).
-func NFT(masq []model.Masquerade) string {
-	return nft.Render(nft.Table{Masquerade: masq})
-}
-
 // qosCmds is the tc equivalent of qos.Apply (see the handles in package qos).
 func qosCmds(ns, dev string, q *model.QoS) []cmd {
 	tc := func(format string, a ...any) cmd {

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/kvmnet/kvmnet/internal/model"
+	"github.com/kvmnet/kvmnet/internal/nft"
 	"github.com/kvmnet/kvmnet/internal/plan"
 	"github.com/kvmnet/kvmnet/internal/render"
 	"github.com/kvmnet/kvmnet/topology"
@@ -50,7 +51,7 @@ func TestShellGolden(t *testing.T) {
 
 func TestNFT(t *testing.T) {
 	masq := []model.Masquerade{{OutIface: "uplink0", Source: mustPrefix("192.168.1.0/24")}}
-	got := render.NFT(masq)
+	got := nft.Render(nft.Table{Masquerade: masq})
 	fp := model.Fingerprint("masquerade " + masq[0].String())
 	for _, want := range []string{
 		"table inet kvmnet {", "type nat hook postrouting priority srcnat; policy accept;",
@@ -62,7 +63,7 @@ func TestNFT(t *testing.T) {
 			t.Errorf("nft script lacks %q:\n%s", want, got)
 		}
 	}
-	if empty := render.NFT(nil); strings.Contains(empty, "chain") || !strings.Contains(empty, "delete table inet kvmnet") || !strings.Contains(empty, "delete table bridge kvmnet") {
+	if empty := nft.Render(nft.Table{}); strings.Contains(empty, "chain") || !strings.Contains(empty, "delete table inet kvmnet") || !strings.Contains(empty, "delete table bridge kvmnet") {
 		t.Errorf("empty table script:\n%s", empty)
 	}
 }

@@ -95,14 +95,6 @@ func (s *Store) Record(e Entry) error {
 	return err
 }
 
-// Flush writes the buffered journal entries out (Close flushes too).
-func (s *Store) Flush() error {
-	if s.buf == nil {
-		return nil
-	}
-	return s.buf.Flush()
-}
-
 // JournalPath is the journal file's path.
 func (s *Store) JournalPath() string { return filepath.Join(s.Dir, "journal.jsonl") }
 

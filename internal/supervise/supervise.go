@@ -40,6 +40,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kvmnet/kvmnet/internal/dhcp"
+	"github.com/kvmnet/kvmnet/internal/vm"
 )
 
 // Files in the network's state directory.
@@ -251,22 +252,7 @@ func readPid(dir string) int {
 // directory is dir: its command line says "supervise" and names the
 // network, so a reused pid does not count.
 func Alive(dir string, pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && b[i+2] == 'Z' {
-		return false
-	}
-	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return false
-	}
-	return bytes.Contains(cmd, []byte("\x00supervise\x00")) &&
-		bytes.Contains(cmd, []byte("\x00--network\x00"+filepath.Base(dir)+"\x00"))
+	return vm.ProcessAlive(pid, []byte("\x00supervise\x00"), []byte("\x00--network\x00"+filepath.Base(dir)+"\x00"))
 }
 
 // Args are the arguments of the supervise command for the network whose

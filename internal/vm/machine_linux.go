@@ -115,6 +115,13 @@ func writeRecord(dir string, r *record) error {
 // directory: its command line names our pidfile, so a reused pid does not
 // count.
 func pidAlive(dir string, pid int) bool {
+	return ProcessAlive(pid, []byte(filepath.Join(dir, PidFile)))
+}
+
+// ProcessAlive reports whether pid is a live process (not a zombie) whose
+// command line (NUL-separated) contains every one of want: a reused pid of
+// some other program does not count.
+func ProcessAlive(pid int, want ...[]byte) bool {
 	if pid <= 0 {
 		return false
 	}
@@ -126,7 +133,15 @@ func pidAlive(dir string, pid int) bool {
 		return false
 	}
 	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && bytes.Contains(cmd, []byte(filepath.Join(dir, PidFile)))
+	if err != nil {
+		return false
+	}
+	for _, w := range want {
+		if !bytes.Contains(cmd, w) {
+			return false
+		}
+	}
+	return true
 }
 
 // PID returns the VM's QEMU process id, or 0 when it is not running.
