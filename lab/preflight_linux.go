@@ -20,7 +20,7 @@ import (
 // error naming it ("kernel lacks 802.1Q VLAN support (CONFIG_VLAN_8021Q)")
 // and nothing of the network is built.
 func preflight(steps []plan.Step) error {
-	var bridge, filtering, veth, vlan bool
+	var bridge, filtering, veth, vlan, mirror bool
 	var tables []nft.Table
 	var shaped []*model.QoS
 	seen := map[string]bool{}
@@ -41,6 +41,8 @@ func preflight(steps []plan.Step) error {
 				seen[c] = true
 				tables = append(tables, t)
 			}
+		case s.Op == plan.OpMirror && s.Mirror != nil:
+			mirror = true
 		case s.Op == plan.OpQoS && s.QoS != nil:
 			if c := s.QoS.String(); !seen[c] {
 				seen[c] = true
@@ -49,7 +51,7 @@ func preflight(steps []plan.Step) error {
 		}
 	}
 	nat := len(tables) > 0
-	if !bridge && !filtering && !veth && !vlan && !nat && len(shaped) == 0 {
+	if !bridge && !filtering && !veth && !vlan && !nat && !mirror && len(shaped) == 0 {
 		return nil
 	}
 	b := make([]byte, 4)
@@ -75,7 +77,7 @@ func preflight(steps []plan.Step) error {
 	if filtering {
 		errs = append(errs, c.CreateBridge(&model.Link{Name: "probe-vbr", Kind: model.KindBridge, Bridge: &model.BridgeOpts{AgeingTime: 300, VLANFiltering: true, DefaultPVID: 1}}, "kvmnet-probe"))
 	}
-	if veth || vlan || nat || len(shaped) > 0 {
+	if veth || vlan || nat || mirror || len(shaped) > 0 {
 		errs = append(errs, c.CreateVeth(&model.Link{Name: "probe-a", Kind: model.KindVeth}, &model.Link{Name: "probe-b", Kind: model.KindVeth}, c, "kvmnet-probe", "kvmnet-probe"))
 	}
 	if vlan {
@@ -88,6 +90,9 @@ func preflight(steps []plan.Step) error {
 	}
 	for _, q := range shaped {
 		errs = append(errs, qos.Apply(ns, "probe-a", q))
+	}
+	if mirror {
+		errs = append(errs, qos.ApplyMirror(ns, "probe-a", &model.Mirror{To: "probe-b", Ingress: true, Egress: true}))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("preflight (nothing was built): %w", err)

@@ -212,6 +212,10 @@ func TestSchemaEnums(t *testing.T) {
 	if got := enumOf(mode); !slices.Equal(got, modes) {
 		t.Errorf("mode enum %v, want %v", got, modes)
 	}
+	dir := s.def("mirror")["properties"].(map[string]any)["direction"].(map[string]any)
+	if got := enumOf(dir); !slices.Equal(got, MirrorDirections) {
+		t.Errorf("mirror direction enum %v, want %v", got, MirrorDirections)
+	}
 }
 
 // TestSchemaPatterns checks the schema's patterns against the validator on

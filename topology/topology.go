@@ -61,6 +61,8 @@ type Topology struct {
 	VMs []VM `yaml:"vms,omitempty" json:"vms,omitempty"`
 	// DHCP is the DHCP service per segment (topology/vm.go).
 	DHCP *DHCP `yaml:"dhcp,omitempty" json:"dhcp,omitempty"`
+	// Mirrors copy the frames of ports to a monitoring interface (topology/mirror.go).
+	Mirrors []Mirror `yaml:"mirrors,omitempty" json:"mirrors,omitempty"`
 
 	// File is the path the topology was loaded from ("" for one built in code).
 	File string `yaml:"-" json:"-"`

@@ -50,7 +50,8 @@ func (t *Topology) Validate() error {
 	v.segmentMTUs()
 	v.loops()
 	v.policy()
-	v.vms() // VMs and DHCP: topology/vm.go
+	v.vms()     // VMs and DHCP: topology/vm.go
+	v.mirrors() // port mirrors: topology/mirror.go
 	return c.err()
 }
 

@@ -262,6 +262,13 @@ func (e *Executor) run(s plan.Step) error {
 		}
 		e.writes++
 		return qos.Apply(ns, s.Link.Name, s.QoS)
+	case plan.OpMirror:
+		ns, err := e.ns(s.NS)
+		if err != nil {
+			return err
+		}
+		e.writes++
+		return qos.ApplyMirror(ns, s.Link.Name, s.Mirror)
 	case plan.OpMark:
 		c, err := e.conn(s.NS)
 		if err != nil {

@@ -55,6 +55,9 @@ var (
 	VLAN                = Feature{"802.1Q VLAN support", "CONFIG_VLAN_8021Q", ClassLink}
 	BridgeVLANFiltering = Feature{"bridge VLAN filtering", "CONFIG_BRIDGE_VLAN_FILTERING", ClassLink}
 	Netem               = Feature{"the netem qdisc", "CONFIG_NET_SCH_NETEM", ClassQdisc}
+	// Mirror is what a port mirror's filter needs; the kernel answers
+	// ENOENT for an unknown classifier or action, like for a qdisc.
+	Mirror = Feature{"the u32 classifier with the mirred action", "CONFIG_NET_CLS_U32, CONFIG_NET_ACT_MIRRED", ClassQdisc}
 )
 
 var linkKinds = map[string]string{

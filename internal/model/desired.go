@@ -147,6 +147,7 @@ func Desired(t *topology.Topology) *State {
 		slices.SortFunc(n.Masquerade, CompareMasquerade)
 	}
 	policy(t, s)
+	mirrors(t, s)
 	for _, ns := range t.Namespaces {
 		n := nsOf(ns.Name)
 		if n.Masquerade == nil && ns.Role == topology.RoleHost {

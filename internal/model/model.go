@@ -81,6 +81,8 @@ type Link struct {
 	PortVLANs []VLANEntry
 	// QoS is the shaping of the link's egress (nil: none).
 	QoS *QoS
+	// Mirror copies the link's traffic to another interface (nil: none).
+	Mirror *Mirror
 	// Index is the kernel ifindex (observed only; ignored by Diff).
 	Index int
 }
@@ -218,10 +220,11 @@ const (
 	AspectSysctl = "sysctl" // the sysctls kvmnet wrote
 	AspectNFT    = "nft"    // kvmnet's nftables tables
 	AspectQoS    = "qos"    // kvmnet's qdiscs
+	AspectMirror = "mirror" // kvmnet's port mirrors (clsact filters)
 )
 
 // Aspects lists them in mark order.
-var Aspects = []string{AspectSysctl, AspectNFT, AspectQoS}
+var Aspects = []string{AspectSysctl, AspectNFT, AspectQoS, AspectMirror}
 
 // Marks maps an aspect to the hash of what was applied ("" or absent: nothing).
 type Marks map[string]string

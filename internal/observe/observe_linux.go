@@ -132,7 +132,8 @@ func one(name string, want *model.Namespace, id string, deep Deep) (*model.Names
 	return obs, nil
 }
 
-// aspects fills in the nftables tables and the QoS of an owned namespace.
+// aspects fills in the nftables tables, the QoS and the port mirrors of an
+// owned namespace.
 // Each is trusted from the namespace mark when the mark records exactly the
 // desired state (and deep is off), skipped when kvmnet neither has nor wants
 // any, and read from the kernel otherwise.
@@ -148,25 +149,49 @@ func aspects(ns *netns.NS, want, obs *model.Namespace, d Deep) error {
 			return err
 		}
 	}
-	wantQoS := model.QoSHash(want)
-	switch mark := obs.Marks[model.AspectQoS]; {
-	case !deep && mark == wantQoS:
+	err := perLink(deep, obs.Marks[model.AspectQoS], model.QoSHash(want), obs, want,
+		func(l, w *model.Link) { l.QoS = w.QoS },
+		func(l *model.Link) (err error) {
+			if l.Kind != model.KindBridge {
+				l.QoS, err = qos.Observe(ns, l.Name)
+			}
+			return err
+		})
+	if err != nil {
+		return fmt.Errorf("namespace %q: %w", ns.Name, err)
+	}
+	err = perLink(deep, obs.Marks[model.AspectMirror], model.MirrorHash(want), obs, want,
+		func(l, w *model.Link) { l.Mirror = w.Mirror },
+		func(l *model.Link) (err error) {
+			l.Mirror, err = qos.ObserveMirror(ns, l.Name)
+			return err
+		})
+	if err != nil {
+		return fmt.Errorf("namespace %q: %w", ns.Name, err)
+	}
+	return nil
+}
+
+// perLink fills one per-link aspect of the owned links of obs: trusted from
+// want when the namespace mark records exactly the desired hash (and deep is
+// off), left empty when kvmnet neither has nor wants any, read otherwise.
+func perLink(deep bool, mark, wantHash string, obs, want *model.Namespace, trust func(l, w *model.Link), read func(l *model.Link) error) error {
+	switch {
+	case !deep && mark == wantHash:
 		for name, l := range obs.Links {
 			if w := want.Links[name]; w != nil && l.Owner != "" {
-				l.QoS = w.QoS
+				trust(l, w)
 			}
 		}
-	case !deep && mark == "" && wantQoS == "":
+	case !deep && mark == "" && wantHash == "":
 	default:
-		for name, l := range obs.Links {
-			if l.Owner == "" || l.Kind == model.KindBridge {
+		for _, l := range obs.Links {
+			if l.Owner == "" {
 				continue
 			}
-			q, err := qos.Observe(ns, name)
-			if err != nil {
-				return fmt.Errorf("namespace %q: %w", ns.Name, err)
+			if err := read(l); err != nil {
+				return err
 			}
-			l.QoS = q
 		}
 	}
 	return nil

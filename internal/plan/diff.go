@@ -32,10 +32,11 @@ type differ struct {
 	desired, observed *model.State
 	done              map[string]bool // "ns/name" of veth ends already handled
 	qosChanged        map[string]bool // namespaces with a QoS step
+	born              map[string]bool // "ns/name" of links this plan creates
 	marks             map[string]model.Marks
 	errs              []error
 
-	createNS, sysctl, delLink, createLink, setLink, portVLANs, delAddr, addAddr, delRoute, addRoute, firewall, delNS []Step
+	createNS, sysctl, unmirror, delLink, createLink, setLink, portVLANs, delAddr, addAddr, delRoute, addRoute, firewall, delNS []Step
 }
 
 func (d *differ) step(op Op, ns string) Step { return Step{Op: op, NS: ns, Network: d.net} }
@@ -51,11 +52,15 @@ func (d *differ) run() ([]Step, error) {
 	for _, name := range model.SortedNames(d.desired.Namespaces) {
 		d.namespace(d.desired.Namespaces[name], d.observed.Namespaces[name])
 	}
+	for _, name := range model.SortedNames(d.desired.Namespaces) {
+		d.mirrors(d.desired.Namespaces[name], d.observed.Namespaces[name])
+	}
 	for _, name := range model.SortedNames(d.observed.Namespaces) {
 		if deleting[name] {
 			o := d.observed.Namespaces[name]
 			for _, ln := range model.SortedNames(o.Links) {
 				if l := o.Links[ln]; l.Kind == model.KindDevice && l.Owner == d.net {
+					d.unmirrorDevice(name, l)
 					s := d.step(OpReturnDevice, name)
 					s.Link = l
 					d.delLink = append(d.delLink, s)
@@ -70,7 +75,7 @@ func (d *differ) run() ([]Step, error) {
 	// Bridges before the veths that join them, moved NICs last.
 	slices.SortStableFunc(d.createLink, func(a, b Step) int { return kindRank(a) - kindRank(b) })
 	var out []Step
-	for _, part := range [][]Step{d.createNS, d.sysctl, d.delLink, d.createLink, d.setLink, d.portVLANs, d.addAddr, d.delAddr, d.delRoute, d.addRoute, d.firewall, d.delNS} {
+	for _, part := range [][]Step{d.createNS, d.sysctl, d.unmirror, d.delLink, d.createLink, d.setLink, d.portVLANs, d.addAddr, d.delAddr, d.delRoute, d.addRoute, d.firewall, d.delNS} {
 		out = append(out, part...)
 	}
 	return out, nil
@@ -169,6 +174,7 @@ func (d *differ) removeLink(ns string, l *model.Link) {
 	op := OpDeleteLink
 	if l.Kind == model.KindDevice {
 		op = OpReturnDevice
+		d.unmirrorDevice(ns, l)
 	}
 	s := d.step(op, ns)
 	s.Link = l
@@ -236,6 +242,7 @@ func (d *differ) link(ns string, want *model.Link, have *model.Namespace) {
 		s := d.step(OpDeleteLink, ns)
 		if cur.Kind == model.KindDevice {
 			s.Op = OpReturnDevice
+			d.unmirrorDevice(ns, cur)
 		}
 		s.Link = cur
 		d.delLink = append(d.delLink, s)
@@ -256,11 +263,13 @@ func (d *differ) create(ns string, want *model.Link) {
 	}
 	s := d.step(op, ns)
 	s.Link = want
+	d.bear(ns, want.Name)
 	d.newPortVLANs(ns, want)
 	d.qos(ns, want, nil)
 	if want.Kind == model.KindVeth {
 		peer := d.desired.Namespaces[want.Peer.NS].Links[want.Peer.Name]
 		s.Peer = peer
+		d.bear(want.Peer.NS, want.Peer.Name)
 		d.newPortVLANs(want.Peer.NS, peer)
 		d.qos(want.Peer.NS, peer, nil)
 		// Create from the end that has a master, so it is set in the same request.
@@ -407,4 +416,52 @@ func (d *differ) mark(ns, aspect, hash, old string) Step {
 	s := d.step(OpMark, ns)
 	s.Key, s.Value, s.OldValue, s.Marks, s.OldMarks = aspect, hash, old, next, cur
 	return s
+}
+
+func (d *differ) bear(ns, name string) {
+	if d.born == nil {
+		d.born = map[string]bool{}
+	}
+	d.born[ns+"/"+name] = true
+}
+
+// mirrors emits the port mirror changes of a namespace, after every link
+// exists. A mirror names its destination by ifindex, so it is rebuilt when
+// this plan creates (or recreates) its port or its destination, whatever the
+// observation (perhaps trusted from the mark) says.
+func (d *differ) mirrors(want, have *model.Namespace) {
+	name := want.Name
+	if have == nil {
+		have = &model.Namespace{Name: name}
+	}
+	changed := false
+	for _, ln := range model.SortedNames(want.Links) {
+		w := want.Links[ln]
+		var cur *model.Mirror
+		if h := have.Links[ln]; h != nil && !d.born[name+"/"+ln] {
+			cur = h.Mirror
+		}
+		stale := w.Mirror != nil && d.born[name+"/"+w.Mirror.To]
+		if w.Mirror.Equal(cur) && !stale {
+			continue
+		}
+		s := d.step(OpMirror, name)
+		s.Link, s.Mirror, s.OldMirror = w, w.Mirror, cur
+		d.firewall = append(d.firewall, s)
+		changed = true
+	}
+	if h := model.MirrorHash(want); changed || h != have.Marks[model.AspectMirror] {
+		d.firewall = append(d.firewall, d.mark(name, model.AspectMirror, h, have.Marks[model.AspectMirror]))
+	}
+}
+
+// unmirrorDevice removes the mirror of a real NIC before it goes back to
+// the root namespace, which must get it as it was.
+func (d *differ) unmirrorDevice(ns string, l *model.Link) {
+	if l.Mirror == nil {
+		return
+	}
+	s := d.step(OpMirror, ns)
+	s.Link, s.OldMirror = l, l.Mirror
+	d.unmirror = append(d.unmirror, s)
 }

@@ -32,6 +32,7 @@ const (
 	OpAddRoute     Op = "add-route"
 	OpFirewall     Op = "write-nftables"
 	OpQoS          Op = "set-qos"
+	OpMirror       Op = "set-mirror"
 	OpDeleteNS     Op = "delete-namespace"
 	OpReturnDevice Op = "return-device"
 )
@@ -74,6 +75,9 @@ type Step struct {
 	// QoS and OldQoS: OpQoS shapes Link's egress (nil: none).
 	QoS    *model.QoS `json:"qos,omitempty"`
 	OldQoS *model.QoS `json:"old_qos,omitempty"`
+	// Mirror and OldMirror: OpMirror makes Link's mirror Mirror (nil: none).
+	Mirror    *model.Mirror `json:"mirror,omitempty"`
+	OldMirror *model.Mirror `json:"old_mirror,omitempty"`
 	// Network is the owning network ID (for the marks of created objects).
 	Network string `json:"network"`
 }
@@ -106,6 +110,8 @@ func (s Step) Target() string {
 		return s.NS + " nftables tables kvmnet"
 	case OpQoS:
 		return s.NS + "/" + s.Link.Name + " qos"
+	case OpMirror:
+		return s.NS + "/" + s.Link.Name + " mirror"
 	}
 	if s.Link != nil {
 		return s.NS + "/" + s.Link.Name
@@ -193,6 +199,8 @@ func (s Step) String() string {
 		return fmt.Sprintf("~ %s: kvmnet's nftables tables: %s", s.NS, strings.Join(parts, "; "))
 	case OpQoS:
 		return fmt.Sprintf("~ %s: qos of %s: %s (was %s)", s.NS, s.Link.Name, s.QoS, s.OldQoS)
+	case OpMirror:
+		return fmt.Sprintf("~ %s: mirror of %s: %s (was %s)", s.NS, s.Link.Name, s.Mirror, s.OldMirror)
 	}
 	return string(s.Op)
 }
@@ -299,6 +307,8 @@ func (s Step) Inverse() (Step, error) {
 		inv.Op = OpFirewall
 	case OpQoS:
 		inv.Op, inv.QoS, inv.OldQoS = OpQoS, s.OldQoS, s.QoS
+	case OpMirror:
+		inv.Op, inv.Mirror, inv.OldMirror = OpMirror, s.OldMirror, s.Mirror
 	default:
 		return Step{}, ErrIrreversible
 	}

@@ -47,6 +47,7 @@ const (
 	RootMajor   = 0x6b76 // "kv": the root qdisc and its classes 6b76:1 and 6b76:10
 	LeafMajor   = 0x6b77 // netem under the htb class
 	FilterPref  = 0x6b76 // the ingress redirect filter's preference (27510)
+	MirrorPref  = 0x6b6d // the port mirror filters' preference on clsact (27501)
 	IfbPrefix   = "kvq"  // ifb names: kvq + 8 hex digits
 	AliasPrefix = "kvmnet-ifb:ingress-of="
 )

@@ -201,6 +201,8 @@ func stepCmds(network string, s plan.Step) []cmd {
 		return []cmd{{raw: fmt.Sprintf("ip netns exec %s nft -f - <<'EOF'\n%sEOF", ns, nft.Render(t))}}
 	case plan.OpQoS:
 		return qosCmds(ns, s.Link.Name, s.QoS)
+	case plan.OpMirror:
+		return mirrorCmds(ns, s.Link.Name, s.Mirror)
 	}
 	return []cmd{{raw: "# unrenderable step: " + s.String()}}
 }
@@ -287,6 +289,32 @@ func qosCmds(ns, dev string, q *model.QoS) []cmd {
 		tc("class add dev %s parent %x:1 classid %x:10 htb rate %dbit ceil %dbit burst %db cburst %db", dev, qos.RootMajor, qos.RootMajor, q.Rate, q.Ceil, q.Burst, q.Burst))
 	if q.Netem != nil {
 		out = append(out, netem(fmt.Sprintf("parent %x:10 handle %x:", qos.RootMajor, qos.LeafMajor)))
+	}
+	return out
+}
+
+// mirrorCmds is the tc equivalent of qos.ApplyMirror: a clsact qdisc and a
+// u32 match-all filter per mirrored side whose action mirrors to the
+// destination.
+func mirrorCmds(ns, dev string, m *model.Mirror) []cmd {
+	tc := func(format string, a ...any) cmd {
+		return cmd{raw: fmt.Sprintf("tc -n %s ", ns) + fmt.Sprintf(format, a...)}
+	}
+	out := []cmd{
+		{raw: fmt.Sprintf("tc -n %s filter del dev %s ingress pref %d 2>/dev/null || true", ns, dev, qos.MirrorPref)},
+		{raw: fmt.Sprintf("tc -n %s filter del dev %s egress pref %d 2>/dev/null || true", ns, dev, qos.MirrorPref)},
+	}
+	if m == nil {
+		return append(out, cmd{raw: fmt.Sprintf("tc -n %s qdisc del dev %s clsact 2>/dev/null || true", ns, dev)})
+	}
+	out = append(out, cmd{raw: fmt.Sprintf("tc -n %s qdisc add dev %s clsact 2>/dev/null || true", ns, dev)})
+	for _, side := range []struct {
+		name string
+		on   bool
+	}{{"ingress", m.Ingress}, {"egress", m.Egress}} {
+		if side.on {
+			out = append(out, tc("filter add dev %s %s pref %d protocol all u32 match u32 0 0 action mirred egress mirror dev %s", dev, side.name, qos.MirrorPref, m.To))
+		}
 	}
 	return out
 }
