@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"context"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/kvmnet/kvmnet/internal/inspect"
 	"github.com/kvmnet/kvmnet/internal/plan"
 	"github.com/kvmnet/kvmnet/internal/testutil"
 	"github.com/kvmnet/kvmnet/topology"
@@ -132,6 +135,28 @@ func TestPortMirror(t *testing.T) {
 		t.Fatalf("monitor saw %d requests and %d replies of vm1 (want 2 each) and %d packets of vm2 (want 0):\n%s",
 			req, rep, countMatching(lines, "192.168.7.102"), strings.Join(lines, "\n"))
 	}
+	// status's view (inspect) agrees with tc's own counters.
+	in, err := inspect.Read(br, inspect.Mirrors)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(in.Mirrors) != 2 {
+		t.Fatalf("inspect found mirrors %+v, want vm1 ingress and egress", in.Mirrors)
+	}
+	for _, m := range in.Mirrors {
+		if m.Port != "vm1" || m.To != "mon0" || !m.ToUp || m.Packets < 2 {
+			t.Fatalf("inspect: %+v", m)
+		}
+		out := testutil.Run(t, "tc", "-s", "-n", br, "filter", "show", "dev", "vm1", m.Direction)
+		sent := regexp.MustCompile(`Sent \d+ bytes (\d+) pkt`).FindStringSubmatch(out)
+		if sent == nil {
+			t.Fatalf("tc -s filter show dev vm1 %s:\n%s", m.Direction, out)
+		}
+		if n, _ := strconv.ParseUint(sent[1], 10, 64); n < m.Packets {
+			t.Fatalf("%s: tc counts %d packets copied, inspect %d (read before)", m.Direction, n, m.Packets)
+		}
+	}
+
 	// A copy reaches the monitor once: the switch itself is not flooded.
 	if got := sniff(t, topo, "vm2", "eth0", func() { ping(t, topo, "vm1", "192.168.7.1") }); len(got) != 0 {
 		t.Fatalf("vm2 saw vm1's traffic:\n%s", strings.Join(got, "\n"))

@@ -286,6 +286,24 @@ func printStatus(out io.Writer, v *statusView) {
 		}
 	}
 
+	var mirrors []string
+	for _, ns := range v.Namespaces {
+		for _, m := range ns.Mirrors {
+			to := m.To
+			switch {
+			case to == "":
+				to = "(destination gone: `kvmnet up` rebuilds it)"
+			case !m.ToUp:
+				to += " (DOWN: the copies are lost)"
+			}
+			mirrors = append(mirrors, fmt.Sprintf("  %s: %s %s -> %s: %d packets, %d bytes copied", ns.Name, m.Port, m.Direction, to, m.Packets, m.Bytes))
+		}
+	}
+	if len(mirrors) > 0 {
+		fmt.Fprintln(out, "\nPORT MIRRORS (tc mirred)")
+		fmt.Fprintln(out, strings.Join(mirrors, "\n"))
+	}
+
 	var fw []string
 	for _, ns := range v.Namespaces {
 		for _, t := range ns.Firewall {

@@ -28,11 +28,12 @@ const (
 	Neighbours
 	Routes
 	Firewall
-	Kernel // sysctls and protocol counters (/proc/net/netstat)
-	Ports  // bridge ports' STP state
+	Kernel  // sysctls and protocol counters (/proc/net/netstat)
+	Ports   // bridge ports' STP state
+	Mirrors // kvmnet's port mirrors and what they copied
 
 	// All reads everything.
-	All = Addresses | FDB | Neighbours | Routes | Firewall | Kernel | Ports
+	All = Addresses | FDB | Neighbours | Routes | Firewall | Kernel | Ports | Mirrors
 	// Counters reads links and their counters only (top, metrics rates).
 	Counters What = 0
 )
@@ -47,6 +48,8 @@ type Namespace struct {
 	Neighbours []Neighbour  `json:"neighbours,omitempty"`
 	Routes     []Route      `json:"routes,omitempty"`
 	Firewall   []Table      `json:"firewall,omitempty"`
+	// Mirrors are kvmnet's port mirrors here (tc mirred copies).
+	Mirrors []Mirror `json:"mirrors,omitempty"`
 	// Legacy is the legacy (x_tables) iptables filter table, when one
 	// exists in the namespace.
 	Legacy []LegacyChain `json:"iptables_legacy,omitempty"`
@@ -354,4 +357,17 @@ func sortNamespace(n *Namespace) {
 		}
 		return n.Neighbours[a].IP.Less(n.Neighbours[b].IP)
 	})
+}
+
+// Mirror is one mirrored direction of a port: what crosses Port that way is
+// copied out of To.
+type Mirror struct {
+	Port      string `json:"port"`
+	Direction string `json:"direction"` // ingress or egress
+	// To is the destination ("" when it no longer exists); ToUp says
+	// whether it is up with carrier, so the copies leave.
+	To      string `json:"to"`
+	ToUp    bool   `json:"to_up"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
 }

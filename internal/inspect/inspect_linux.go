@@ -202,6 +202,11 @@ func (c *conn) read(n *Namespace, links []netlink.Link, what What) error {
 			model.SortPrefixes(i.Addresses)
 		}
 	}
+	if what&Mirrors != 0 {
+		if err := c.mirrors(n, links, byIndex); err != nil {
+			return err
+		}
+	}
 	if len(bridges) > 0 && what&Ports != 0 {
 		for idx, b := range bridges {
 			stp, err := c.bridgeSTP(byIndex[idx].Name)

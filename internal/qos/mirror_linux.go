@@ -27,7 +27,8 @@ type mirrorState struct {
 	ingress string // the qdisc on ffff: is another kind (e.g. "ingress"), or ""
 	to      [2]int // ifindex mirrored to per side (0: no filter), [ingress, egress]
 	found   [2]bool
-	others  int // filters of other preferences on clsact
+	stats   [2]netlink.GnetStatsBasic // what each side's action copied
+	others  int                       // filters of other preferences on clsact
 }
 
 var sides = [2]uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS}
@@ -66,6 +67,9 @@ func readMirror(h *netlink.Handle, l netlink.Link) (*mirrorState, error) {
 				for _, a := range u.Actions {
 					if m, ok := a.(*netlink.MirredAction); ok && m.MirredAction == netlink.TCA_EGRESS_MIRROR {
 						st.to[i] = m.Ifindex
+						if s := m.Statistics; s != nil && s.Basic != nil {
+							st.stats[i] = *s.Basic
+						}
 					}
 				}
 			}
@@ -110,6 +114,30 @@ func (st *mirrorState) mirror(h *netlink.Handle) *model.Mirror {
 		return nil
 	}
 	return &m
+}
+
+// MirrorSide is one mirrored direction of a port as the kernel has it.
+type MirrorSide struct {
+	Direction string // "ingress" or "egress"
+	ToIndex   int    // the destination's ifindex (0: gone)
+	Packets   uint64 // frames copied so far
+	Bytes     uint64
+}
+
+// MirrorSides returns kvmnet's mirror filters on l (through h, bound to
+// l's namespace), for status and diagnosis.
+func MirrorSides(h *netlink.Handle, l netlink.Link) ([]MirrorSide, error) {
+	st, err := readMirror(h, l)
+	if err != nil {
+		return nil, err
+	}
+	var out []MirrorSide
+	for i, dir := range []string{"ingress", "egress"} {
+		if st.found[i] {
+			out = append(out, MirrorSide{Direction: dir, ToIndex: st.to[i], Packets: uint64(st.stats[i].Packets), Bytes: st.stats[i].Bytes})
+		}
+	}
+	return out, nil
 }
 
 // ObserveMirror returns kvmnet's mirror of ifname in ns, or nil.
