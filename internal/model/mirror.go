@@ -55,17 +55,10 @@ func mirrors(t *topology.Topology, s *State) {
 
 // MirrorHash is the mark hash of the mirrors of a namespace's links ("" for none).
 func MirrorHash(ns *Namespace) string {
-	if ns == nil {
-		return ""
-	}
-	var b strings.Builder
-	for _, name := range SortedNames(ns.Links) {
-		if m := ns.Links[name].Mirror; m != nil {
-			fmt.Fprintf(&b, "%s %s\n", name, m)
+	return linkHash(ns, func(l *Link) fmt.Stringer {
+		if l.Mirror == nil {
+			return nil
 		}
-	}
-	if b.Len() == 0 {
-		return ""
-	}
-	return Fingerprint(b.String())
+		return l.Mirror
+	})
 }

@@ -235,13 +235,24 @@ func NFTHash(canonical string) string {
 
 // QoSHash is the mark hash of the QoS of a namespace's links ("" for none).
 func QoSHash(ns *Namespace) string {
+	return linkHash(ns, func(l *Link) fmt.Stringer {
+		if l.QoS == nil {
+			return nil
+		}
+		return l.QoS
+	})
+}
+
+// linkHash is the mark hash of one per-link aspect of a namespace: of
+// aspect(l) for every link that has it (non-nil); "" when none has.
+func linkHash(ns *Namespace, aspect func(l *Link) fmt.Stringer) string {
 	if ns == nil {
 		return ""
 	}
 	var b strings.Builder
 	for _, name := range SortedNames(ns.Links) {
-		if q := ns.Links[name].QoS; q != nil {
-			fmt.Fprintf(&b, "%s %s\n", name, q)
+		if a := aspect(ns.Links[name]); a != nil {
+			fmt.Fprintf(&b, "%s %s\n", name, a)
 		}
 	}
 	if b.Len() == 0 {

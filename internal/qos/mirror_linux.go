@@ -141,21 +141,15 @@ func MirrorSides(h *netlink.Handle, l netlink.Link) ([]MirrorSide, error) {
 }
 
 // ObserveMirror returns kvmnet's mirror of ifname in ns, or nil.
-func ObserveMirror(ns *netns.NS, ifname string) (*model.Mirror, error) {
-	h, err := handle(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	l, err := linkByName(h, ns, ifname)
-	if err != nil {
-		return nil, err
-	}
-	st, err := readMirror(h, l)
-	if err != nil {
-		return nil, fmt.Errorf("mirror of %q in namespace %q: %w", ifname, ns.Name, err)
-	}
-	return st.mirror(h), nil
+func ObserveMirror(ns *netns.NS, ifname string) (m *model.Mirror, err error) {
+	err = onLink(ns, ifname, "mirror", func(h *netlink.Handle, l netlink.Link) error {
+		st, err := readMirror(h, l)
+		if err == nil {
+			m = st.mirror(h)
+		}
+		return err
+	})
+	return m, err
 }
 
 // ApplyMirror makes kvmnet's mirror of ifname in ns equal to m (nil: none).
@@ -163,19 +157,9 @@ func ObserveMirror(ns *netns.NS, ifname string) (*model.Mirror, error) {
 // wrong is rebuilt (its old filter goes first, so a frame is copied once).
 // A port with an `ingress` qdisc (which excludes clsact) is refused.
 func ApplyMirror(ns *netns.NS, ifname string, m *model.Mirror) error {
-	h, err := handle(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := linkByName(h, ns, ifname)
-	if err != nil {
-		return err
-	}
-	if err := applyMirror(h, l, m); err != nil {
-		return fmt.Errorf("mirror of %q in namespace %q: %w", ifname, ns.Name, err)
-	}
-	return nil
+	return onLink(ns, ifname, "mirror", func(h *netlink.Handle, l netlink.Link) error {
+		return applyMirror(h, l, m)
+	})
 }
 
 func applyMirror(h *netlink.Handle, l netlink.Link, m *model.Mirror) error {

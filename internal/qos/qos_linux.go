@@ -46,6 +46,14 @@ func linkByName(h *netlink.Handle, ns *netns.NS, ifname string) (netlink.Link, e
 // *kernelfeat.MissingError ("kernel lacks the netem qdisc
 // (CONFIG_NET_SCH_NETEM)"), and what the call had installed is removed.
 func Apply(ns *netns.NS, ifname string, q *model.QoS) error {
+	return onLink(ns, ifname, "qos", func(h *netlink.Handle, l netlink.Link) error {
+		return apply(h, l, Normalize(q))
+	})
+}
+
+// onLink runs fn with a netlink handle bound to ns and the link ifname
+// there; fn's error is prefixed with what and where.
+func onLink(ns *netns.NS, ifname, what string, fn func(h *netlink.Handle, l netlink.Link) error) error {
 	h, err := handle(ns)
 	if err != nil {
 		return err
@@ -55,29 +63,23 @@ func Apply(ns *netns.NS, ifname string, q *model.QoS) error {
 	if err != nil {
 		return err
 	}
-	if err := apply(h, l, Normalize(q)); err != nil {
-		return fmt.Errorf("qos on %q in namespace %q: %w", ifname, ns.Name, err)
+	if err := fn(h, l); err != nil {
+		return fmt.Errorf("%s on %q in namespace %q: %w", what, ifname, ns.Name, err)
 	}
 	return nil
 }
 
 // Observe returns the shaping kvmnet installed on ifname's egress in ns,
 // nil when it installed none (whatever else is there).
-func Observe(ns *netns.NS, ifname string) (*model.QoS, error) {
-	h, err := handle(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	l, err := linkByName(h, ns, ifname)
-	if err != nil {
-		return nil, err
-	}
-	st, err := read(h, l)
-	if err != nil {
-		return nil, fmt.Errorf("qos on %q in namespace %q: %w", ifname, ns.Name, err)
-	}
-	return st.qos, nil
+func Observe(ns *netns.NS, ifname string) (q *model.QoS, err error) {
+	err = onLink(ns, ifname, "qos", func(h *netlink.Handle, l netlink.Link) error {
+		st, err := read(h, l)
+		if err == nil {
+			q = st.qos
+		}
+		return err
+	})
+	return q, err
 }
 
 // state is what a link's egress has.
