@@ -148,12 +148,22 @@ func buildGraph(t *topology.Topology, nss []*inspect.Namespace) *graph {
 		}
 		return "down"
 	}
+	// Port mirrors: the ports say where their copies go, the destination
+	// whose copies it carries.
+	mirrorNote := map[string]string{}
+	for _, m := range t.Mirrors {
+		for _, p := range m.Ports {
+			mirrorNote[m.Namespace+"/"+p] = fmt.Sprintf(" ⇒ %s (%s)", m.To, m.Dir())
+		}
+		mirrorNote[m.Namespace+"/"+m.To] = fmt.Sprintf(" ⇐ mirror %s of %s", m.Name, strings.Join(m.Ports, ","))
+	}
 	for _, ns := range t.Namespaces {
 		b := &gbox{node: ns.Name, role: string(ns.Role), col: roleColumn[ns.Role]}
 		b.missing = gr.live && kernel[t.NSName(ns.Name)] == nil
 		list := ifaces[ns.Name]
 		sort.SliceStable(list, func(x, y int) bool { return list[x].e.Name < list[y].e.Name })
 		add := func(name, label string, indent bool) {
+			label += mirrorNote[ns.Name+"/"+name]
 			r := &grow{box: b, name: name, label: label, indent: indent, state: state(ns.Name, name)}
 			b.rows = append(b.rows, r)
 			gr.byKey[ns.Name+"/"+name] = r

@@ -233,6 +233,11 @@ func TestGraphFormats(t *testing.T) {
 	if !strings.HasPrefix(mm, "flowchart LR") || !strings.Contains(mm, "vm1__eth0 --- bridge__vm1") {
 		t.Errorf("mermaid:\n%s", mm)
 	}
+	// A port mirror shows on the port and on its destination.
+	_, dot, _ = run(t, "graph", "--live=false", "-o", "dot", "-f", "../../examples/mirror.yaml")
+	if !strings.Contains(dot, `"bridge/vm1" [label="vm1 ⇒ mon0 (both)"];`) || !strings.Contains(dot, `"bridge/mon0" [label="mon0 ⇐ mirror ids of vm1"];`) {
+		t.Errorf("mirror in dot:\n%s", dot)
+	}
 	path := filepath.Join(t.TempDir(), "g.html")
 	if code, _, stderr := run(t, "graph", "--live=false", "-o", "html", "-w", path); code != 0 {
 		t.Fatal(stderr)
