@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -268,4 +269,120 @@ func arpAsk(t *testing.T, vm *netns.NS, senderMAC, senderIP, target string) bool
 		}
 	}
 	return false
+}
+
+// neighbourAdvert is an unsolicited, overriding IPv6 neighbour
+// advertisement from srcMAC (sent from its EUI-64 link-local address to all
+// nodes) claiming target for srcMAC: the frame that poisons neighbour caches.
+func neighbourAdvert(srcMAC string, target netip.Addr) []byte {
+	hw, _ := net.ParseMAC(srcMAC)
+	src, dst := eui64LinkLocal(hw).As16(), netip.MustParseAddr("ff02::1").As16()
+	icmp := make([]byte, 32)
+	icmp[0] = ndNeighborAdvert
+	icmp[4] = 0x20 // override
+	tb := target.As16()
+	copy(icmp[8:24], tb[:])
+	icmp[24], icmp[25] = 2, 1 // target link-layer address option
+	copy(icmp[26:32], hw)
+	binary.BigEndian.PutUint16(icmp[2:], icmpv6Checksum(src, dst, icmp))
+	ip6 := make([]byte, 40)
+	ip6[0] = 0x60
+	binary.BigEndian.PutUint16(ip6[4:], uint16(len(icmp)))
+	ip6[6], ip6[7] = unix.IPPROTO_ICMPV6, 255
+	copy(ip6[8:24], src[:])
+	copy(ip6[24:40], dst[:])
+	return frame(srcMAC, "33:33:00:00:00:01", unix.ETH_P_IPV6, append(ip6, icmp...))
+}
+
+// routerAdvert is a router advertisement from srcMAC announcing prefix:
+// the rogue RA that would make every host on the segment route through it.
+func routerAdvert(srcMAC string, prefix netip.Addr) []byte {
+	hw, _ := net.ParseMAC(srcMAC)
+	src, dst := eui64LinkLocal(hw).As16(), netip.MustParseAddr("ff02::1").As16()
+	icmp := make([]byte, 16+32)
+	icmp[0] = ndRouterAdvert
+	icmp[4] = 64                               // hop limit
+	binary.BigEndian.PutUint16(icmp[6:], 1800) // router lifetime
+	icmp[16], icmp[17], icmp[18], icmp[19] = 3, 4, 64, 0xc0
+	binary.BigEndian.PutUint32(icmp[20:], 86400)
+	binary.BigEndian.PutUint32(icmp[24:], 14400)
+	p := prefix.As16()
+	copy(icmp[32:48], p[:])
+	binary.BigEndian.PutUint16(icmp[2:], icmpv6Checksum(src, dst, icmp))
+	ip6 := make([]byte, 40)
+	ip6[0] = 0x60
+	binary.BigEndian.PutUint16(ip6[4:], uint16(len(icmp)))
+	ip6[6], ip6[7] = unix.IPPROTO_ICMPV6, 255
+	copy(ip6[8:24], src[:])
+	copy(ip6[24:40], dst[:])
+	return frame(srcMAC, "33:33:00:00:00:01", unix.ETH_P_IPV6, append(ip6, icmp...))
+}
+
+func icmpv6Checksum(src, dst [16]byte, msg []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(src[:])
+	add(dst[:])
+	add([]byte{0, 0, byte(len(msg) >> 8), byte(len(msg)), 0, 0, 0, unix.IPPROTO_ICMPV6})
+	add(msg)
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// TestGuardNeighbourAndRouterAdverts: a guarded port may advertise its own
+// IPv6 addresses and EUI-64 link-local, not another's (cache poisoning),
+// and sends no router advertisements. Without the guard, the spoofed
+// advertisement really rewrites vm2's neighbour entry.
+func TestGuardNeighbourAndRouterAdverts(t *testing.T) {
+	br, vm1, vm2 := bridgeLab(t)
+	victim := netip.MustParseAddr("fd00::102")
+	poisoned := func() bool {
+		t.Helper()
+		ipn(t, vm2, "neigh", "replace", victim.String(), "lladdr", "02:00:00:00:00:42", "dev", "eth0", "nud", "stale")
+		sendAndCount(t, vm1, vm2, [][]byte{neighbourAdvert(vm1MAC, victim)}, 0, []byte("never"))
+		out := ipn(t, vm2, "neigh", "show", victim.String(), "dev", "eth0")
+		return strings.Contains(out, vm1MAC)
+	}
+	if !poisoned() {
+		t.Fatal("without a guard, the spoofed neighbour advertisement did not rewrite vm2's entry (the test frame is wrong)")
+	}
+	rogue := netip.MustParseAddr("2001:db8:bad::")
+	rogueMarker := rogue.As16()
+	if n := sendAndCount(t, vm1, vm2, [][]byte{routerAdvert(vm1MAC, rogue)}, 0, rogueMarker[:6]); n != 1 {
+		t.Fatalf("without a guard, %d router advertisements arrived, want 1", n)
+	}
+
+	tb := Table{Guards: []model.PortGuard{vm1Guard(0)}}
+	apply(t, br, tb)
+	if poisoned() {
+		t.Error("a neighbour advertisement for another's address crossed the guard")
+	}
+	hw, _ := net.ParseMAC(vm1MAC)
+	for _, own := range []netip.Addr{netip.MustParseAddr("fd00::100"), eui64LinkLocal(hw)} {
+		b := own.As16()
+		if n := sendAndCount(t, vm1, vm2, [][]byte{neighbourAdvert(vm1MAC, own)}, 0, b[:]); n < 1 {
+			t.Errorf("vm1's advertisement of its own %s was dropped", own)
+		}
+	}
+	if n := sendAndCount(t, vm1, vm2, [][]byte{routerAdvert(vm1MAC, rogue)}, 0, rogueMarker[:6]); n != 0 {
+		t.Errorf("%d rogue router advertisements crossed the guard", n)
+	}
+	got := counts(t, br, tb)
+	na := "guard vm1: IPv6 neighbour advertisement for a target not fd00::100,fe80::ff:fe00:1"
+	if got[na] == 0 || got["guard vm1: IPv6 router advertisement"] == 0 {
+		t.Errorf("the advertisement rules counted nothing: %v", got)
+	}
+	// IPv6 between the VMs still works (their own NS/NA pass).
+	ipn(t, vm2, "neigh", "flush", "dev", "eth0")
+	ipn(t, vm1, "neigh", "flush", "dev", "eth0")
+	expect(t, withSource(reach(vm1, "icmp", "fd00::101"), "fd00::100"), reach(vm2, "icmp", "fd00::100"))
 }

@@ -26,6 +26,7 @@ package nft
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -902,6 +903,27 @@ func compileGuard(g model.PortGuard) ([]ruleIR, error) {
 			return nil, err
 		}
 		rule("IPv6 source not "+strings.Join(v6, ","), metaProto(unix.ETH_P_IPV6, "ip6"), s)
+		// Neighbour advertisements (which any source may send, from its
+		// link-local address) only for the port's own addresses: its
+		// IPv6 addresses and the EUI-64 link-local of each of its MACs.
+		targets := slices.Clone(g.IPs)
+		for _, m := range macs {
+			hw, _ := net.ParseMAC(m)
+			targets = append(targets, eui64LinkLocal(hw))
+		}
+		var names []string
+		for _, a := range targets {
+			if a.Is6() && !a.Is4In6() {
+				names = append(names, a.String())
+			}
+		}
+		rule("IPv6 neighbour advertisement for a target not "+strings.Join(names, ","),
+			metaProto(unix.ETH_P_IPV6, "ip6"), icmpv6Type(ndNeighborAdvert), matchIPv6Raw(payload(expr.PayloadBaseTransportHeader, 8, 16), "@th,64,128", targets))
+	}
+	if len(v4)+len(v6) > 0 {
+		// A guarded port is no router: its router advertisements (rogue
+		// RAs that would steer the segment's IPv6) are dropped.
+		rule("IPv6 router advertisement", metaProto(unix.ETH_P_IPV6, "ip6"), icmpv6Type(ndRouterAdvert))
 	}
 	if g.BroadcastPPS < 0 {
 		return nil, fmt.Errorf("negative broadcast limit %d", g.BroadcastPPS)
@@ -935,6 +957,63 @@ func compileGuard(g model.PortGuard) ([]ruleIR, error) {
 		out = append(out, ruleIR{stmts: all, fp: model.Fingerprint("guard " + line), origin: fmt.Sprintf("mark of port %s", g.Port)})
 	}
 	return out, nil
+}
+
+// ICMPv6 types of the port guards.
+const (
+	ndRouterAdvert   = 134
+	ndNeighborAdvert = 136
+)
+
+// icmpv6Type matches an ICMPv6 type, as nft compiles `icmpv6 type T`.
+func icmpv6Type(t byte) stmt {
+	name := map[byte]string{ndRouterAdvert: "nd-router-advert", ndNeighborAdvert: "nd-neighbor-advert"}[t]
+	return stmt{text: "icmpv6 type " + name, exprs: append(metaCmp(expr.MetaKeyL4PROTO, []byte{unix.IPPROTO_ICMPV6}),
+		payload(expr.PayloadBaseTransportHeader, 0, 1), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{t}})}
+}
+
+// matchIPv6Raw matches a raw 16-byte field that is none of addrs (nft has
+// no name for the ND target in this version: `@th,64,128 != { 0x... }`).
+func matchIPv6Raw(load *expr.Payload, word string, addrs []netip.Addr) stmt {
+	var keys [][]byte
+	seen := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		if !a.Is6() || a.Is4In6() || seen[a] {
+			continue
+		}
+		seen[a] = true
+		b := a.As16()
+		keys = append(keys, b[:])
+	}
+	slices.SortFunc(keys, bytes.Compare)
+	texts := make([]string, len(keys))
+	for i, k := range keys {
+		texts[i] = "0x" + hex.EncodeToString(k)
+	}
+	if len(keys) == 1 {
+		return stmt{text: word + " != " + texts[0], exprs: []expr.Any{load, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: keys[0]}}}
+	}
+	key := nftables.TypeInteger
+	key.Bytes = 16
+	elems := make([]nftables.SetElement, len(keys))
+	for i, k := range keys {
+		elems[i] = nftables.SetElement{Key: k}
+	}
+	return stmt{text: word + " != { " + strings.Join(texts, ", ") + " }", exprs: []expr.Any{load},
+		anon: &anonSet{key: key, elems: elems}, invert: true}
+}
+
+// eui64LinkLocal is the link-local address the kernel derives from a MAC
+// (addr_gen_mode eui64, the default): fe80::, the MAC with the U/L bit
+// flipped and ff:fe in the middle.
+func eui64LinkLocal(mac net.HardwareAddr) netip.Addr {
+	var a [16]byte
+	a[0], a[1] = 0xfe, 0x80
+	copy(a[8:11], mac[0:3])
+	a[8] ^= 0x02
+	a[11], a[12] = 0xff, 0xfe
+	copy(a[13:16], mac[3:6])
+	return netip.AddrFrom16(a)
 }
 
 func matchMACs(load *expr.Payload, word string, macs []string) (stmt, error) {
