@@ -134,7 +134,7 @@ func write(conn *nftables.Conn, ti *tableIR) error {
 				}
 			}
 			conn.AddRule(&nftables.Rule{Table: tb, Chain: chain, Exprs: exprs,
-				UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment())})
+				UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment(byte(tb.Family)))})
 		}
 	}
 	return nil
@@ -160,6 +160,26 @@ func Observe(ns *netns.NS) (string, error) {
 			return "", fmt.Errorf("read sets of nftables table %s %s in namespace %q: %w", familyNames[tb.Family], TableName, ns.Name, err)
 		}
 		slices.SortFunc(sets, func(a, b *nftables.Set) int { return strings.Compare(a.Name, b.Name) })
+		byName := map[string]*nftables.Set{}
+		for _, s := range sets {
+			byName[s.Name] = s
+		}
+		var keyErr error
+		keys := func(l *expr.Lookup) ([][]byte, bool) {
+			s := byName[l.SetName]
+			if s == nil || !s.Anonymous {
+				return nil, false
+			}
+			elems, err := conn.GetSetElements(s)
+			if err != nil {
+				keyErr = fmt.Errorf("read anonymous set %q in namespace %q: %w", s.Name, ns.Name, err)
+			}
+			out := make([][]byte, len(elems))
+			for i, e := range elems {
+				out[i] = anonKey(e.Key, e.IntervalEnd)
+			}
+			return out, true
+		}
 		for _, s := range sets {
 			if s.Anonymous {
 				continue
@@ -190,7 +210,10 @@ func Observe(ns *netns.NS) (string, error) {
 			}
 			for _, r := range rules {
 				s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-				b.WriteString(ruleLine(s))
+				b.WriteString(observedRuleLine(s, digest(byte(tb.Family), r.Exprs, keys)))
+				if keyErr != nil {
+					return "", keyErr
+				}
 			}
 		}
 	}
@@ -269,7 +292,9 @@ func Counters(ns *netns.NS) ([]RuleCounter, error) {
 			for i, r := range rules {
 				rc := RuleCounter{Family: familyNames[tb.Family], Chain: ch.Name, Index: i}
 				if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok {
-					rc.Fingerprint = strings.TrimPrefix(s, CommentPrefix)
+					if fp, _, ok := parseComment(s); ok {
+						rc.Fingerprint = fp
+					}
 				}
 				for _, e := range r.Exprs {
 					if c, ok := e.(*expr.Counter); ok {

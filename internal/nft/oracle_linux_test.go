@@ -84,14 +84,24 @@ func TestIdempotentAndHandEdits(t *testing.T) {
 		return ""
 	}
 	ssh := "kvmnet " + model.Fingerprint(tb.Firewall.Rules[3].String())
+	// The whole comment of the ssh rule, digest included, as a hand edit
+	// that keeps it would copy it.
+	full := regexp.MustCompile(`comment "(` + ssh + ` [0-9a-f]+)"`).FindStringSubmatch(first)
+	if full == nil {
+		t.Fatalf("no comment %q... in:\n%s", ssh, first)
+	}
 	for name, edit := range map[string][]string{
-		"rule deleted": {"delete", "rule", "inet", "kvmnet", "input", "handle", "HANDLE"},
-		"rule added":   {"add", "rule", "inet", "kvmnet", "input", "tcp", "dport", "9999", "accept"},
-		"rule moved":   {"insert", "rule", "inet", "kvmnet", "input", "tcp", "dport", "22", "counter", "accept", "comment", `"` + ssh + `"`},
-		"policy":       {"add", "chain", "inet", "kvmnet", "output", "{", "type", "filter", "hook", "output", "priority", "0", ";", "policy", "drop", ";", "}"},
-		"set element":  {"add", "element", "inet", "kvmnet", "web", "{", "9090", "}"},
-		"chain added":  {"add", "chain", "inet", "kvmnet", "extra"},
-		"old ip table": {"add", "table", "ip", "kvmnet"},
+		// Edits in place that keep kvmnet's comment: the bytecode no longer
+		// has the digest the comment records.
+		"rule edited in place": {"replace", "rule", "inet", "kvmnet", "input", "handle", "HANDLE", "tcp", "dport", "2222", "counter", "accept", "comment", `"` + full[1] + `"`},
+		"verdict edited":       {"replace", "rule", "inet", "kvmnet", "input", "handle", "HANDLE", "tcp", "dport", "22", "counter", "drop", "comment", `"` + full[1] + `"`},
+		"rule deleted":         {"delete", "rule", "inet", "kvmnet", "input", "handle", "HANDLE"},
+		"rule added":           {"add", "rule", "inet", "kvmnet", "input", "tcp", "dport", "9999", "accept"},
+		"rule moved":           {"insert", "rule", "inet", "kvmnet", "input", "tcp", "dport", "22", "counter", "accept", "comment", `"` + full[1] + `"`},
+		"policy":               {"add", "chain", "inet", "kvmnet", "output", "{", "type", "filter", "hook", "output", "priority", "0", ";", "policy", "drop", ";", "}"},
+		"set element":          {"add", "element", "inet", "kvmnet", "web", "{", "9090", "}"},
+		"chain added":          {"add", "chain", "inet", "kvmnet", "extra"},
+		"old ip table":         {"add", "table", "ip", "kvmnet"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			for i, a := range edit {

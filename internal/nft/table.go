@@ -87,11 +87,9 @@ type anonSet struct {
 
 type ruleIR struct {
 	stmts  []stmt
-	fp     string // fingerprint (the comment is CommentPrefix+fp)
+	fp     string // fingerprint (the comment is CommentPrefix+fp+" "+digest)
 	origin string
 }
-
-func (r ruleIR) comment() string { return CommentPrefix + r.fp }
 
 type chainIR struct {
 	name, typ, hook string
@@ -250,7 +248,7 @@ func Canonical(t Table) string {
 		for _, ch := range chains {
 			b.WriteString(chainLine(ch.name, ch.typ, ch.hook, ch.prio, ch.policy))
 			for _, r := range ch.rules {
-				b.WriteString(ruleLine(r.comment()))
+				b.WriteString(ruleLine(r.fp))
 			}
 		}
 	}
@@ -265,11 +263,21 @@ func chainLine(name, typ, hook string, prio int32, policy string) string {
 	return fmt.Sprintf("  chain %s type %s hook %s priority %d policy %s\n", name, typ, hook, prio, policy)
 }
 
-func ruleLine(comment string) string {
-	if fp, ok := strings.CutPrefix(comment, CommentPrefix); ok && fp != "" && !strings.ContainsAny(fp, " \n") {
-		return "    rule " + fp + "\n"
+func ruleLine(fp string) string { return "    rule " + fp + "\n" }
+
+// observedRuleLine is the canonical line of a rule read from the kernel:
+// its fingerprint when its comment is kvmnet's and its bytecode has the
+// digest the comment records (kernelDigest), a line that matches no
+// desired rule otherwise.
+func observedRuleLine(comment, kernelDigest string) string {
+	fp, dg, ok := parseComment(comment)
+	switch {
+	case !ok:
+		return fmt.Sprintf("    rule not-kvmnet %q\n", comment)
+	case dg != kernelDigest:
+		return fmt.Sprintf("    rule %s edited (bytecode digest %s, written as %s)\n", fp, kernelDigest, dg)
 	}
-	return fmt.Sprintf("    rule not-kvmnet %q\n", comment)
+	return ruleLine(fp)
 }
 
 // Origins maps the fingerprint of every rule of t to where it comes from
@@ -352,7 +360,7 @@ func Render(t Table) string {
 				for _, s := range r.stmts {
 					parts = append(parts, s.text)
 				}
-				fmt.Fprintf(&b, "\t\t%s comment %q\n", strings.Join(parts, " "), r.comment())
+				fmt.Fprintf(&b, "\t\t%s comment %q\n", strings.Join(parts, " "), r.comment(byte(ti.family)))
 			}
 			b.WriteString("\t}\n")
 		}

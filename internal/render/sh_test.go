@@ -55,7 +55,7 @@ func TestNFT(t *testing.T) {
 	fp := model.Fingerprint("masquerade " + masq[0].String())
 	for _, want := range []string{
 		"table inet kvmnet {", "type nat hook postrouting priority srcnat; policy accept;",
-		`oifname "uplink0" meta nfproto ipv4 ip saddr 192.168.1.0/24 counter masquerade comment "kvmnet ` + fp + `"`,
+		`oifname "uplink0" meta nfproto ipv4 ip saddr 192.168.1.0/24 counter masquerade comment "kvmnet ` + fp + ` `, // + the bytecode digest
 		// The table of kvmnet before the firewall (family ip) is deleted too.
 		"table ip kvmnet\ndelete table ip kvmnet\n",
 	} {
