@@ -4,14 +4,19 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/kvmnet/kvmnet/internal/dhcp"
 	"github.com/kvmnet/kvmnet/internal/diagnose"
 	"github.com/kvmnet/kvmnet/internal/inspect"
+	"github.com/kvmnet/kvmnet/internal/supervise"
 	"github.com/kvmnet/kvmnet/internal/testutil"
+	"github.com/kvmnet/kvmnet/internal/vm"
 	"github.com/kvmnet/kvmnet/topology"
 )
 
@@ -567,5 +572,180 @@ func TestInspectKvmnetNATCounters(t *testing.T) {
 	out := inNS(t, topo, "host", "nft", "list", "table", "inet", "kvmnet")
 	if want := fmt.Sprintf("counter packets %d bytes %d masquerade", rule.Packets, rule.Bytes); !strings.Contains(out, want) {
 		t.Fatalf("nft list table lacks %q:\n%s", want, out)
+	}
+}
+
+// dgxLease: two built-in guests on br0 with leases from the host's DHCP
+// server; a short lease time, so that a guest whose renewals are lost
+// loses its lease within seconds.
+const dgxLease = `name: dgxlease
+namespaces:
+  - {name: host, role: host}
+  - {name: bridge, role: bridge}
+  - {name: vm1, role: vm}
+  - {name: vm2, role: vm}
+bridges:
+  - {name: br0, namespace: bridge}
+links:
+  - endpoints:
+      - {namespace: host, name: eth0, addresses: [192.168.78.1/24]}
+      - {namespace: bridge, name: host, bridge: br0}
+  - endpoints:
+      - {namespace: vm1, name: eth0}
+      - {namespace: bridge, name: vm1, bridge: br0}
+  - endpoints:
+      - {namespace: vm2, name: eth0}
+      - {namespace: bridge, name: vm2, bridge: br0}
+dhcp:
+  servers:
+    - {namespace: host, interface: eth0, lease_time: 12, pool: {start: 192.168.78.100, end: 192.168.78.150}}
+vms:
+  - {name: vm1, nics: [{uplink: eth0, mac: "02:00:00:00:78:01", dhcp: true}]}
+  - {name: vm2, nics: [{uplink: eth0, mac: "02:00:00:00:78:02", dhcp: true}]}
+`
+
+// vmsForDiagnose is what `kvmnet diagnose` passes diagnose: lab.VMStatus's
+// report (internal/cli's vmsForDiagnose does the same; lab's tests cannot
+// import the cli).
+func vmsForDiagnose(r *VMStatusReport) *diagnose.VMs {
+	out := &diagnose.VMs{Supervisor: r.Supervisor.State, SupervisorReason: r.Supervisor.Reason, SupervisorLog: r.Supervisor.Log}
+	for _, v := range r.VMs {
+		out.VMs = append(out.VMs, diagnose.VM{Name: v.Name, Status: v.Status})
+	}
+	for _, s := range r.DHCP {
+		out.DHCP = append(out.DHCP, diagnose.DHCPServer{Namespace: s.Namespace, Interface: s.Interface, Listening: s.Listening,
+			Error: s.Error, Stats: s.Stats, LeaseFile: s.LeaseFile, Leases: s.Leases})
+	}
+	return out
+}
+
+func leaseOf(r *VMStatusReport, mac string) *dhcp.Lease {
+	for _, d := range r.DHCP {
+		for i, l := range d.Leases {
+			if l.MAC == mac && l.State == dhcp.StateBound {
+				return &d.Leases[i]
+			}
+		}
+	}
+	return nil
+}
+
+// TestDiagnoseDHCPLeaseMissing: a firewall rule in vm1's namespace drops
+// DHCP (the guest's frames cross the namespace's bridge); the guest's
+// renewals are lost and its lease expires in the server while the VM runs.
+// diagnose names vm1's NIC, with the lease table, the server's counters
+// and the rule's drop counter as evidence; vm2, whose lease is renewed,
+// gives no finding; deleting the rule as the fix says and restarting the
+// VM brings the lease back.
+func TestDiagnoseDHCPLeaseMissing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs (skipped with -short)")
+	}
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "qemu-system-x86_64")
+	testutil.RequireTool(t, "nft")
+	topo := fixture(t, dgxLease)
+	sdir := stateDir(t)
+	netDir := filepath.Join(sdir, topo.ID())
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, name := range []string{"vm1", "vm2"} {
+				m := &vm.Machine{Spec: vm.Spec{Name: name}, Dir: filepath.Join(netDir, "vms", name)}
+				t.Logf("serial console of %s (last 20 lines):\n%s", name, m.ConsoleTail(20))
+			}
+			t.Logf("supervisor log:\n%s", supervise.Tail(netDir, 30))
+		}
+		killAll(t, sdir)
+	})
+	ctx := context.Background()
+	if _, err := Up(ctx, topo, vmOpts(t)...); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	const mac1, mac2 = "02:00:00:00:78:01", "02:00:00:00:78:02"
+	st := vmStatus(t, topo)
+	l1, l2 := leaseOf(st, mac1), leaseOf(st, mac2)
+	if l1 == nil || l2 == nil {
+		t.Fatalf("leases after up: %+v", st.DHCP)
+	}
+	// The healthy network: no finding, and diagnose read the leases.
+	rep := runDiagnose(t, topo, diagnose.Options{VMs: vmsForDiagnose(st)})
+	if !rep.OK || len(rep.Findings) != 0 {
+		t.Fatalf("diagnose on the healthy VM network found:\n%s", describe(rep))
+	}
+	// Witness: the guest answers from its leased address.
+	pingGuest := func(ip string) error {
+		_, err := testutil.Try("ip", "netns", "exec", topo.NSName("host"), "ping", "-c", "1", "-W", "2", ip)
+		return err
+	}
+	if err := pingGuest(l1.IP.String()); err != nil {
+		t.Fatalf("ping vm1 at %s: %v", l1.IP, err)
+	}
+
+	// The fault: DHCP dropped in vm1's namespace.
+	vm1 := topo.NSName("vm1")
+	nft := func(args ...string) string {
+		return testutil.Run(t, "ip", append([]string{"netns", "exec", vm1, "nft"}, args...)...)
+	}
+	nft("add", "table", "bridge", "dgxguard")
+	nft("add chain bridge dgxguard dgxforward { type filter hook forward priority 0; }")
+	nft("add rule bridge dgxguard dgxforward udp dport 67 counter drop")
+	deadline := time.Now().Add(45 * time.Second)
+	for leaseOf(st, mac1) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("vm1's lease did not expire: %+v", st.DHCP)
+		}
+		time.Sleep(time.Second)
+		st = vmStatus(t, topo)
+	}
+	if v := vmState(t, st, "vm1"); v.State != vm.StateRunning {
+		t.Fatalf("vm1 is not running: %+v", v)
+	}
+	if leaseOf(st, mac2) == nil {
+		t.Fatalf("vm2 lost its lease too: %+v", st.DHCP)
+	}
+	rep = runDiagnose(t, topo, diagnose.Options{VMs: vmsForDiagnose(st)})
+	t.Logf("vm1's DHCP dropped in its namespace:\n%s", describe(rep))
+	f := wantFinding(t, topo, rep, diagnose.CheckDHCPLease, "vm1", "eth0")
+	evidenceHas(t, f, "the DHCP server "+topo.NSName("host")+"/eth0 has no bound lease for "+mac1)
+	evidenceHas(t, f, l2.IP.String()+" "+mac2+" vm2 bound")         // the lease table
+	evidenceHas(t, f, "the guest configured "+l1.IP.String()+"/24") // the address it keeps
+	evidenceHas(t, f, "server counters: ")
+	evidenceHas(t, f, "in "+vm1+": table bridge dgxguard chain dgxforward (hook forward)")
+	for _, x := range rep.Findings {
+		if x.Check == diagnose.CheckDHCPLease && x.Node != "vm1" {
+			t.Errorf("a lease finding for %s, whose lease is renewed", x.Node)
+		}
+	}
+	failedStep(t, rep, 1)
+	// The rule's counter, which the evidence quotes, is nft's.
+	m := regexp.MustCompile(`rule (\d+): drop, (\d+) packets dropped`).FindStringSubmatch(strings.Join(f.Evidence, "\n"))
+	if m == nil {
+		t.Fatalf("no drop counter in the evidence:\n%s", strings.Join(f.Evidence, "\n"))
+	}
+	if !strings.Contains(nft("-a", "list", "chain", "bridge", "dgxguard", "dgxforward"), "udp dport 67 counter packets ") {
+		t.Fatal("witness: the rule has no counter")
+	}
+	del := regexp.MustCompile(`ip netns exec (\S+) nft (delete rule bridge dgxguard dgxforward handle \d+)`).FindStringSubmatch(f.Fix)
+	if del == nil || del[1] != vm1 || !strings.Contains(f.Fix, "kvmnet vm restart vm1") {
+		t.Fatalf("fix: %s", f.Fix)
+	}
+
+	// The fix: delete the rule, restart the VM; the lease is back and
+	// diagnose finds nothing.
+	nft(strings.Fields(del[2])...)
+	if err := VMRestart(ctx, topo, "vm1", vmOpts(t)...); err != nil {
+		t.Fatalf("vm restart: %v", err)
+	}
+	st = vmStatus(t, topo)
+	l1 = leaseOf(st, mac1)
+	if l1 == nil {
+		t.Fatalf("no lease for vm1 after the fix: %+v", st.DHCP)
+	}
+	if err := pingGuest(l1.IP.String()); err != nil {
+		t.Fatalf("ping vm1 at %s after the fix: %v", l1.IP, err)
+	}
+	rep = runDiagnose(t, topo, diagnose.Options{VMs: vmsForDiagnose(st)})
+	if !rep.OK || len(rep.Findings) != 0 {
+		t.Fatalf("diagnose after the fix found:\n%s", describe(rep))
 	}
 }

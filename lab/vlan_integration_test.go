@@ -3,9 +3,11 @@ package lab
 import (
 	"context"
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/kvmnet/kvmnet/internal/diagnose"
 	"github.com/kvmnet/kvmnet/internal/kernelfeat"
 	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/plan"
@@ -255,4 +257,161 @@ func TestPerVLANBridges(t *testing.T) {
 	if left := prefixedNamespaces(t, topo.Prefix); len(left) != 0 {
 		t.Fatalf("left after down: %v", left)
 	}
+}
+
+// dgxVLAN: a router on a stick. The host routes between VLANs 100 and 200
+// through VLAN sub-interfaces on a trunk port of br0; vm1 and vm2 sit on
+// access ports of the two VLANs.
+const dgxVLAN = `
+name: dgxvlan
+namespaces:
+  - {name: host, role: host, sysctls: {net.ipv4.ip_forward: "1"}}
+  - {name: bridge, role: bridge}
+  - {name: vm1, role: vm, routes: [{to: default, via: 10.100.0.1}]}
+  - {name: vm2, role: vm, routes: [{to: default, via: 10.200.0.1}]}
+bridges:
+  - {name: br0, namespace: bridge, vlan_filtering: true}
+links:
+  - endpoints:
+      - {namespace: host, name: eth0}
+      - {namespace: bridge, name: host, bridge: br0, vlan: {trunk: [100, 200]}}
+  - endpoints:
+      - {namespace: vm1, name: eth0, addresses: [10.100.0.11/24]}
+      - {namespace: bridge, name: vm1, bridge: br0, vlan: {access: 100}}
+  - endpoints:
+      - {namespace: vm2, name: eth0, addresses: [10.200.0.12/24]}
+      - {namespace: bridge, name: vm2, bridge: br0, vlan: {access: 200}}
+vlans:
+  - {namespace: host, name: eth0.100, parent: eth0, id: 100, addresses: [10.100.0.1/24]}
+  - {namespace: host, name: eth0.200, parent: eth0, id: 200, addresses: [10.200.0.1/24]}
+`
+
+// bridgeVLANCmd matches the `bridge vlan` commands of a finding's fix.
+var bridgeVLANCmd = regexp.MustCompile(`bridge -n \S+ vlan (?:add|del) dev \S+ vid \d+(?: pvid)?(?: untagged)?`)
+
+// applyVLANFix runs the `bridge vlan` commands of fix, in order.
+func applyVLANFix(t *testing.T, fix string) {
+	t.Helper()
+	cmds := bridgeVLANCmd.FindAllString(fix, -1)
+	if len(cmds) == 0 {
+		t.Fatalf("no bridge vlan command in the fix: %s", fix)
+	}
+	for _, c := range cmds {
+		f := strings.Fields(c)
+		testutil.Run(t, f[0], f[1:]...)
+	}
+}
+
+// cleanDiagnose asserts that diagnose finds nothing and every gateway probe
+// passes.
+func cleanDiagnose(t *testing.T, topo *topology.Topology, when string) {
+	t.Helper()
+	rep := runDiagnose(t, topo, diagnose.Options{})
+	if !rep.OK || len(rep.Findings) != 0 {
+		t.Fatalf("%s: diagnose found:\n%s", when, describe(rep))
+	}
+	if len(rep.Probes) != 2 {
+		t.Fatalf("%s: %d gateway probes, want 2", when, len(rep.Probes))
+	}
+	for _, p := range rep.Probes {
+		if !p.Result.OK || p.Large == nil || !p.Large.OK {
+			t.Fatalf("%s: probe from %s to %s failed: %+v %+v", when, p.Node, p.Gateway, p.Result, p.Large)
+		}
+	}
+}
+
+// TestDiagnoseVLANMismatch: diagnose names a bridge port whose VLANs do not
+// carry what the endpoint behind it sends or needs, with the kernel's
+// membership and the gateway's VLAN as evidence, at the port (or at a
+// sub-interface made by hand); the `bridge vlan` commands of its fix repair
+// the traffic. Faults are injected with `bridge vlan` and `ip link`, as a
+// user would; it runs in the guest-kernel lane (vlan_filtering, 802.1Q).
+func TestDiagnoseVLANMismatch(t *testing.T) {
+	topo := fixture(t, dgxVLAN)
+	if upOrLacks(t, topo, kernelfeat.BridgeVLANFiltering) == nil {
+		return
+	}
+	br, host, vm1 := topo.NSName("bridge"), topo.NSName("host"), topo.NSName("vm1")
+	ping(t, topo, "vm1", "10.100.0.1")
+	ping(t, topo, "vm2", "10.200.0.1")
+	ping(t, topo, "vm1", "10.200.0.12") // routed between the VLANs by the host
+	cleanDiagnose(t, topo, "healthy VLAN network")
+
+	// 1. vm1's port moved to VLAN 200 by hand: the kernel disagrees with the
+	// topology, and vm1's frames no longer meet its gateway's.
+	testutil.Run(t, "bridge", "-n", br, "vlan", "add", "dev", "vm1", "vid", "200", "pvid", "untagged")
+	testutil.Run(t, "bridge", "-n", br, "vlan", "del", "dev", "vm1", "vid", "100")
+	noPing(t, topo, "vm1", "10.100.0.1")
+	rep := runDiagnose(t, topo, diagnose.Options{})
+	t.Logf("vm1's port in VLAN 200:\n%s", describe(rep))
+	f := wantFinding(t, topo, rep, diagnose.CheckVLAN, "bridge", "vm1")
+	evidenceHas(t, f, "bridge -n "+br+" vlan show dev vm1: 200 PVID Egress Untagged")
+	evidenceHas(t, f, "the topology declares an access port of VLAN 100")
+	evidenceHas(t, f, vm1+"/eth0 sends untagged frames: they join VLAN 200 on br0")
+	evidenceHas(t, f, "gateway 10.100.0.1 ("+host+"/eth0.100) is in VLAN 100 on br0 (port host)")
+	if got := vlanOf(testutil.Run(t, "bridge", "-n", br, "vlan", "show"), "vm1"); !strings.Contains(got, "200 PVID Egress Untagged") {
+		t.Fatalf("witness: bridge vlan show has vm1 = %q", got)
+	}
+	g := wantFinding(t, topo, rep, diagnose.CheckGateway, "vm1", "")
+	evidenceHas(t, g, "vlan-mismatch at "+br+"/vm1")
+	failedStep(t, rep, 2)
+	for _, x := range rep.Findings {
+		if x.Check == diagnose.CheckVLAN && x.Location() != br+"/vm1" {
+			t.Errorf("a VLAN finding elsewhere: %s at %s", x.Summary, x.Location())
+		}
+	}
+	applyVLANFix(t, f.Fix)
+	ping(t, topo, "vm1", "10.100.0.1")
+	cleanDiagnose(t, topo, "after the fix of vm1's port")
+
+	// 2. The trunk to the host loses VLAN 200: the host's eth0.200 sends
+	// tagged frames the port drops; vm2 loses its gateway.
+	testutil.Run(t, "bridge", "-n", br, "vlan", "del", "dev", "host", "vid", "200")
+	noPing(t, topo, "vm2", "10.200.0.1")
+	rep = runDiagnose(t, topo, diagnose.Options{})
+	t.Logf("the trunk without VLAN 200:\n%s", describe(rep))
+	f = wantFinding(t, topo, rep, diagnose.CheckVLAN, "bridge", "host")
+	evidenceHas(t, f, host+"/eth0.200 (VLAN sub-interface, id 200) sends frames tagged 200: port host does not carry VLAN 200")
+	evidenceHas(t, f, "vlan show dev host: 100\n")
+	if !strings.Contains(f.Summary, "port host of br0 is a trunk of VLANs 100; the topology declares a trunk of VLANs 100, 200") {
+		t.Errorf("summary: %s", f.Summary)
+	}
+	g = wantFinding(t, topo, rep, diagnose.CheckGateway, "vm2", "")
+	evidenceHas(t, g, "vlan-mismatch at "+br+"/host")
+	applyVLANFix(t, f.Fix)
+	ping(t, topo, "vm2", "10.200.0.1")
+	cleanDiagnose(t, topo, "after the fix of the trunk")
+
+	// 3. Sub-interfaces for a VLAN 300 made by hand on both sides: their
+	// tagged frames meet an access port and a trunk without VLAN 300.
+	for _, s := range []struct{ node, addr string }{{"vm1", "10.30.0.11/24"}, {"host", "10.30.0.1/24"}} {
+		ns := topo.NSName(s.node)
+		testutil.Run(t, "ip", "-n", ns, "link", "add", "link", "eth0", "name", "eth0.300", "type", "vlan", "id", "300")
+		testutil.Run(t, "ip", "-n", ns, "addr", "add", s.addr, "dev", "eth0.300")
+		testutil.Run(t, "ip", "-n", ns, "link", "set", "eth0.300", "up")
+	}
+	noPing(t, topo, "vm1", "10.30.0.1")
+	rep = runDiagnose(t, topo, diagnose.Options{})
+	t.Logf("sub-interfaces for VLAN 300 made by hand:\n%s", describe(rep))
+	fv := wantFinding(t, topo, rep, diagnose.CheckVLAN, "vm1", "eth0.300")
+	evidenceHas(t, fv, "port vm1 does not carry VLAN 300")
+	evidenceHas(t, fv, "the topology declares no eth0.300 in vm1")
+	if !strings.Contains(fv.Summary, "port vm1 of br0 is an access port of VLAN 100") || !strings.Contains(fv.Fix, "ip -n "+vm1+" link del eth0.300") {
+		t.Errorf("finding at vm1/eth0.300: %s; fix: %s", fv.Summary, fv.Fix)
+	}
+	fh := wantFinding(t, topo, rep, diagnose.CheckVLAN, "host", "eth0.300")
+	if !strings.Contains(fh.Summary, "port host of br0 is a trunk of VLANs 100, 200") {
+		t.Errorf("finding at host/eth0.300: %s", fh.Summary)
+	}
+	// Carrying VLAN 300 on both ports, as the fixes offer, makes it work...
+	applyVLANFix(t, fv.Fix)
+	applyVLANFix(t, fh.Fix)
+	ping(t, topo, "vm1", "10.30.0.1")
+	// ... and is itself drift from the topology, which diagnose names.
+	rep = runDiagnose(t, topo, diagnose.Options{})
+	d := wantFinding(t, topo, rep, diagnose.CheckVLAN, "bridge", "vm1")
+	if !strings.Contains(d.Fix, "bridge -n "+br+" vlan del dev vm1 vid 300") {
+		t.Errorf("drift fix: %s", d.Fix)
+	}
+	wantFinding(t, topo, rep, diagnose.CheckVLAN, "bridge", "host")
 }

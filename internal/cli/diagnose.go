@@ -9,6 +9,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvmnet/kvmnet/internal/diagnose"
+	"github.com/kvmnet/kvmnet/lab"
+	"github.com/kvmnet/kvmnet/topology"
 )
 
 // ExitFindings is the exit status of diagnose and trace when they found a
@@ -19,14 +21,16 @@ func newDiagnose(g *globals) *cobra.Command {
 	var noProbes bool
 	cmd := &cobra.Command{
 		Use:   "diagnose [NODE]",
-		Short: "Run the troubleshooting flow (gateway ping, MAC tables, routes, firewall, loops) and name what is wrong, with evidence and a fix",
+		Short: "Run the troubleshooting flow (gateway ping, DHCP leases, MAC tables and VLANs, routes, firewall, loops) and name what is wrong, with evidence and a fix",
 		Long: `diagnose runs the reference design's troubleshooting flow on the network, in order:
 (1) ping the gateway from each VM and endpoint namespace, (2) check the bridges' MAC
-tables, (3) the routes, (4) the firewall rules, (5) loops and broadcast storms. It also
-looks for the common faults behind a failure: a link down, missing or without carrier,
-a missing address, duplicate MACs and IPs (ARP probes), MTU mismatches (DF probes),
-forwarding switched off, reverse-path filter drops, and br_netfilter with a FORWARD
-chain that drops bridged traffic. With NODE, only that namespace's probes and what its
+tables and ports' VLANs, (3) the routes, (4) the firewall rules, (5) loops and broadcast
+storms. It also looks for the common faults behind a failure: a link down, missing or
+without carrier, a missing address, a running VM without its DHCP lease, duplicate MACs
+and IPs (ARP probes), MTU mismatches (DF probes), a bridge port whose VLANs do not carry
+what the endpoint behind it sends or differ from the topology, forwarding switched off,
+reverse-path filter drops, and br_netfilter with a FORWARD chain that drops bridged
+traffic. With NODE, only that namespace's probes and what its
 traffic crosses. The exit status is 3 when anything is wrong.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -37,6 +41,9 @@ traffic crosses. The exit status is 3 when anything is wrong.`,
 			o := diagnose.Options{NoProbes: noProbes}
 			if len(args) == 1 {
 				o.Node = args[0]
+			}
+			if o.VMs, err = diagnoseVMs(cmd, g, t); err != nil {
+				return err
 			}
 			rep, err := diagnose.Run(cmd.Context(), t, o)
 			if err != nil {
@@ -88,4 +95,32 @@ func printReport(out io.Writer, rep *diagnose.Report) {
 		fmt.Fprintf(out, "    fix:      %s\n", f.Fix)
 	}
 	fmt.Fprintf(out, "\n%s: %d problems (%s)\n", rep.Network, rep.Problems(), strings.TrimSpace(rep.Duration.Round(1e6).String()))
+}
+
+// diagnoseVMs reads the network's VMs and DHCP servers (leases, counters,
+// the supervisor) through lab.VMStatus, the reader `kvmnet status` uses, for
+// the DHCP lease check; nil when the topology has neither VMs nor DHCP.
+func diagnoseVMs(cmd *cobra.Command, g *globals, t *topology.Topology) (*diagnose.VMs, error) {
+	if len(t.VMs) == 0 && len(t.DHCPServers()) == 0 {
+		return nil, nil
+	}
+	r, err := lab.VMStatus(cmd.Context(), t, g.opts()...)
+	if err != nil {
+		return nil, err
+	}
+	return vmsForDiagnose(r), nil
+}
+
+// vmsForDiagnose turns what lab.VMStatus reports into diagnose's input.
+func vmsForDiagnose(r *lab.VMStatusReport) *diagnose.VMs {
+	out := &diagnose.VMs{Supervisor: r.Supervisor.State, SupervisorReason: r.Supervisor.Reason, SupervisorLog: r.Supervisor.Log,
+		VMs: []diagnose.VM{}, DHCP: []diagnose.DHCPServer{}}
+	for _, v := range r.VMs {
+		out.VMs = append(out.VMs, diagnose.VM{Name: v.Name, Status: v.Status})
+	}
+	for _, s := range r.DHCP {
+		out.DHCP = append(out.DHCP, diagnose.DHCPServer{Namespace: s.Namespace, Interface: s.Interface, Listening: s.Listening,
+			Error: s.Error, Stats: s.Stats, LeaseFile: s.LeaseFile, Leases: s.Leases})
+	}
+	return out
 }

@@ -3,11 +3,17 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
 
+	"github.com/kvmnet/kvmnet/internal/dhcp"
+	"github.com/kvmnet/kvmnet/internal/diagnose"
 	"github.com/kvmnet/kvmnet/internal/testutil"
+	"github.com/kvmnet/kvmnet/internal/vm"
+	"github.com/kvmnet/kvmnet/lab"
 )
 
 // upReference builds the reference design under a unique prefix and
@@ -181,5 +187,24 @@ func TestDiagnoseAndTraceExitStatus(t *testing.T) {
 	}
 	if code, _, stderr = run(t, append([]string{"diagnose", "nosuchnode"}, common...)...); code != ExitError || !strings.Contains(stderr, "not a namespace") {
 		t.Fatalf("diagnose of an unknown node: %d %s", code, stderr)
+	}
+}
+
+// TestVMsForDiagnose: what lab.VMStatus reports reaches diagnose whole.
+func TestVMsForDiagnose(t *testing.T) {
+	l := dhcp.Lease{MAC: "02:00:00:00:00:01", IP: netip.MustParseAddr("192.168.1.100"), State: dhcp.StateBound}
+	r := &lab.VMStatusReport{
+		Supervisor: lab.SupervisorStatus{State: "dead", Reason: "gone", Log: "/x/supervise.log"},
+		VMs:        []lab.VMState{{Status: vm.Status{Name: "vm1", State: vm.StateRunning, PID: 7}, Namespace: "p-vm1"}},
+		DHCP: []lab.DHCPStatus{{Namespace: "p-host", Interface: "eth0", Listening: true, Error: "e", Stats: &dhcp.Stats{Acks: 3},
+			LeaseFile: "/x/l.json", Leases: []dhcp.Lease{l}}},
+	}
+	got := vmsForDiagnose(r)
+	want := &diagnose.VMs{Supervisor: "dead", SupervisorReason: "gone", SupervisorLog: "/x/supervise.log",
+		VMs: []diagnose.VM{{Name: "vm1", Status: r.VMs[0].Status}},
+		DHCP: []diagnose.DHCPServer{{Namespace: "p-host", Interface: "eth0", Listening: true, Error: "e", Stats: r.DHCP[0].Stats,
+			LeaseFile: "/x/l.json", Leases: []dhcp.Lease{l}}}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
 }

@@ -18,10 +18,14 @@ func newEvents(g *globals) *cobra.Command {
 	var duration time.Duration
 	cmd := &cobra.Command{
 		Use:   "events",
-		Short: "Stream link, bridge FDB and neighbour changes in the network's namespaces as JSON lines",
-		Long: `events subscribes to the kernel's link and neighbour notifications (the bridge FDB
-included) in every namespace of the network and prints one JSON object per change
-until interrupted (or --duration). An FDB event whose MAC was last learned on another
+		Short: "Stream link, bridge FDB, neighbour, address and route changes in the network's namespaces as JSON lines",
+		Long: `events subscribes to the kernel's link, neighbour (the bridge FDB included), address
+and route notifications in every namespace of the network and prints one JSON object
+per change until interrupted (or --duration): "type" is link, fdb, neigh, addr or
+route, "action" new or del. Address events carry "address" (10.0.0.1/24) and
+"family"; route events "dst" (a prefix or default), "via", "interface", "protocol",
+"table", "metric", "scope" and "kind" when not unicast (the local table's routes are
+left out, as ip route leaves them out). An FDB event whose MAC was last learned on another
 port of the same bridge carries "moved_from": a MAC moving between ports (a migrated VM,
 a duplicate MAC, or a loop when it flaps).`,
 		Args: cobra.NoArgs,

@@ -14,11 +14,13 @@ import (
 
 func (d *diag) check() {
 	d.checkPresence()
+	d.checkDHCP()
 	d.checkLinks()
 	d.checkDuplicates()
 	d.checkMTU()
 	d.checkProbes()
 	d.checkFDB()
+	d.checkVLANs()
 	d.checkRoutes()
 	d.checkForwarding()
 	d.checkRPFilter()
@@ -523,8 +525,13 @@ func (d *diag) checkRoutes() {
 				Fix: fmt.Sprintf("%s route add %s (or kvmnet up)", ipn(name), r.String())})
 		}
 		// A namespace without addresses (one that only carries a VM's NIC to its
-		// bridge) routes nothing: the guest does.
-		if (tn.Role == topology.RoleVM || tn.Role == topology.RoleEndpoint) && len(connected) > 0 && !hasDefault[false] && !hasDefault[true] && len(want.Routes) == 0 {
+		// bridge; loopback and IPv6 link-local addresses do not count) routes
+		// nothing: the guest does.
+		global := false
+		for _, p := range connected {
+			global = global || !p.Addr().IsLinkLocalUnicast() && !p.Addr().IsLoopback()
+		}
+		if (tn.Role == topology.RoleVM || tn.Role == topology.RoleEndpoint) && global && !hasDefault[false] && !hasDefault[true] && len(want.Routes) == 0 {
 			d.add(Finding{Severity: Info, Step: 3, Check: CheckNoDefaultRoute, Namespace: name,
 				Summary:  "no default route (none declared): only connected subnets are reachable",
 				Evidence: []string{fmt.Sprintf("%s route has no default", ipn(name))},

@@ -4,11 +4,15 @@
 // broadcast storms; and it names the common faults behind a failure, each
 // with its location, the evidence and a concrete fix: a link down, missing
 // or without carrier, a missing address, duplicate MACs and IPs, MTU
-// mismatches along a path, forwarding switched off, reverse-path filter
-// drops, and host interference (br_netfilter sending bridged frames through
-// an iptables FORWARD chain that drops them).
+// mismatches along a path, VLAN mismatches between a bridge port and what
+// the endpoint behind it sends or needs, a VM without its DHCP lease,
+// forwarding switched off, reverse-path filter drops, and host interference
+// (br_netfilter sending bridged frames through an iptables FORWARD chain
+// that drops them).
 //
-// It reads the kernel through internal/inspect and probes with ICMP and ARP
+// It reads the kernel through internal/inspect (VLANs through the reader
+// status uses, link.Conn.Observe), takes the VMs and DHCP leases from its
+// caller (Options.VMs), and probes with ICMP and ARP
 // from inside the namespaces; it never changes anything.
 package diagnose
 
@@ -65,7 +69,7 @@ const (
 // The steps of the flow, in order.
 var Steps = []string{
 	1: "ping the gateway",
-	2: "bridge MAC tables",
+	2: "bridge MAC tables and VLANs",
 	3: "routes",
 	4: "firewall",
 	5: "loops and broadcast storms",
@@ -149,6 +153,10 @@ type Options struct {
 	// StormPPS is the received broadcast/multicast rate on a bridge port
 	// above which diagnose reports a storm (default 1000 packets/s).
 	StormPPS float64
+	// VMs is the state of the network's VMs and DHCP servers, as
+	// lab.VMStatus reports it (kvmnet diagnose fills it in); nil skips the
+	// DHCP lease check.
+	VMs *VMs
 }
 
 // Run diagnoses network t.
@@ -184,6 +192,11 @@ func Run(ctx context.Context, t *topology.Topology, o Options) (*Report, error) 
 	}
 	inspect.SetRates(before, after)
 	d.index(after)
+	if hasVLANFiltering(d.desired) {
+		if d.vl, err = readVLANs(names); err != nil {
+			return nil, err
+		}
+	}
 	d.check()
 	d.finish()
 	d.rep.Duration = time.Since(start)
@@ -206,6 +219,10 @@ type diag struct {
 	// each namespace's gateways.
 	byAddr map[netip.Addr][]*node
 	gws    map[string][]netip.Addr
+	// vl is the kernel's VLAN view of each namespace (bridges'
+	// vlan_filtering, ports' membership, sub-interfaces), read only when
+	// the topology has a VLAN-filtering bridge.
+	vl map[string]*model.Namespace
 
 	mu       sync.Mutex
 	arp      map[string][]string // "ns/if ip" -> conflicting MACs
@@ -520,6 +537,13 @@ func (d *diag) relevant(f Finding) bool {
 			gwNS[h.ns.Name] = true
 			mark(h)
 			mark(h.peer)
+			// A gateway on a VLAN sub-interface: its frames leave by the parent.
+			if l := d.vlanLink(h); l != nil && l.Kind == model.KindVLAN {
+				if p := d.ifaces[h.ns.Name+"/"+l.Parent]; p != nil {
+					mark(p)
+					mark(p.peer)
+				}
+			}
 		}
 	}
 	for _, n := range d.ifaces {

@@ -16,11 +16,11 @@ import (
 )
 
 // Event is one change the kernel announced in a namespace: a link's state,
-// a bridge FDB entry, or a neighbour (ARP/NDP) entry.
+// a bridge FDB entry, a neighbour (ARP/NDP) entry, an address, or a route.
 type Event struct {
 	Time      time.Time `json:"time"`
 	Namespace string    `json:"namespace"`
-	// Type is link, fdb or neigh; Action is new or del.
+	// Type is link, fdb, neigh, addr or route; Action is new or del.
 	Type      string `json:"type"`
 	Action    string `json:"action"`
 	Interface string `json:"interface,omitempty"`
@@ -40,10 +40,27 @@ type Event struct {
 	// another port of the same bridge: a MAC moving between ports (a VM
 	// migrated, a duplicate MAC, or a loop when it flaps).
 	MovedFrom string `json:"moved_from,omitempty"`
+	// Family is inet or inet6 (address and route events).
+	Family string `json:"family,omitempty"`
+	// Address is an address event's address with its prefix length
+	// (10.0.0.1/24), as `ip addr` shows it.
+	Address string `json:"address,omitempty"`
+	// Route events: the destination (a prefix, or "default"), the gateway,
+	// the preferred source, who installed it (kernel, boot, static, dhcp,
+	// kvmnet, or the number), its table (main is 254), metric, scope, and
+	// its kind when not unicast (blackhole, unreachable, prohibit, ...).
+	Dst      string `json:"dst,omitempty"`
+	Via      string `json:"via,omitempty"`
+	Src      string `json:"src,omitempty"`
+	Protocol string `json:"protocol,omitempty"`
+	Table    int    `json:"table,omitempty"`
+	Metric   int    `json:"metric,omitempty"`
+	Scope    string `json:"scope,omitempty"`
+	Kind     string `json:"kind,omitempty"`
 }
 
-// Watch subscribes to link and neighbour (including bridge FDB) changes in
-// each named namespace and sends them on out until ctx ends. The netlink
+// Watch subscribes to link, neighbour (including bridge FDB), address and
+// route changes in each named namespace and sends them on out until ctx ends. The netlink
 // sockets are opened inside each namespace (netns.Do) and read from
 // goroutines outside it. Watch returns when ctx ends or every socket failed.
 func Watch(ctx context.Context, names []string, out chan<- Event) error {
@@ -78,6 +95,7 @@ type watcher struct {
 	names map[int]string    // ifindex -> name
 	links map[int]Event     // last link state, to report changes only
 	fdb   map[string]string // bridge|mac|vlan -> port
+	addrs map[string]bool   // ifindex|prefix of the addresses present
 }
 
 func newWatcher(name string) (*watcher, error) {
@@ -86,12 +104,14 @@ func newWatcher(name string) (*watcher, error) {
 		return nil, err
 	}
 	defer ns.Close()
-	w := &watcher{ns: name, names: map[int]string{}, links: map[int]Event{}, fdb: map[string]string{}}
+	w := &watcher{ns: name, names: map[int]string{}, links: map[int]Event{}, fdb: map[string]string{}, addrs: map[string]bool{}}
 	var links []netlink.Link
 	var fdb []netlink.Neigh
+	var addrs []netlink.Addr
 	err = netns.Do(ns, func() error {
 		var err error
-		w.sock, err = nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH)
+		w.sock, err = nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH,
+			unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV6_IFADDR, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE)
 		if err != nil {
 			return err
 		}
@@ -103,7 +123,10 @@ func newWatcher(name string) (*watcher, error) {
 		if links, err = h.LinkList(); err != nil {
 			return err
 		}
-		fdb, err = h.NeighList(0, unix.AF_BRIDGE)
+		if fdb, err = h.NeighList(0, unix.AF_BRIDGE); err != nil {
+			return err
+		}
+		addrs, err = h.AddrList(nil, netlink.FAMILY_ALL)
 		return err
 	})
 	if err != nil {
@@ -123,6 +146,11 @@ func newWatcher(name string) (*watcher, error) {
 	for _, e := range fdb {
 		if e.HardwareAddr != nil && e.MasterIndex != 0 {
 			w.fdb[w.fdbKey(&e)] = w.names[e.LinkIndex]
+		}
+	}
+	for _, a := range addrs {
+		if p, ok := addrPrefix(a.IPNet); ok {
+			w.addrs[addrKey(a.LinkIndex, p)] = true
 		}
 	}
 	tv := unix.NsecToTimeval((300 * time.Millisecond).Nanoseconds())
@@ -247,6 +275,10 @@ func (w *watcher) parse(typ uint16, data []byte) []Event {
 			ev.IP = e.IP.String()
 		}
 		return []Event{ev}
+	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
+		return w.addrEvent(typ, data)
+	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
+		return w.routeEvent(typ, data)
 	}
 	return nil
 }
