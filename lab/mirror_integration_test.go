@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvmnet/kvmnet/internal/diagnose"
 	"github.com/kvmnet/kvmnet/internal/inspect"
 	"github.com/kvmnet/kvmnet/internal/plan"
 	"github.com/kvmnet/kvmnet/internal/testutil"
@@ -203,5 +204,33 @@ func TestPortMirror(t *testing.T) {
 	}
 	if lines = sniff(t, topo, "mon", "tap0", traffic); len(lines) != 0 {
 		t.Fatalf("monitor still sees traffic without a mirror:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// TestDiagnoseMirror: a healthy mirror gives no finding; a destination
+// taken down, or a mirror filter deleted by hand, is named at the port with
+// evidence and a fix, and up --deep repairs the filter.
+func TestDiagnoseMirror(t *testing.T) {
+	testutil.RequireTool(t, "tc")
+	src := strings.Replace(mirrorNet, "{name: vm1, role: vm}", "{name: vm1, role: vm, routes: [{to: default, via: 192.168.7.1}]}", 1)
+	src = strings.Replace(src, "{name: vm2, role: vm}", "{name: vm2, role: vm, routes: [{to: default, via: 192.168.7.1}]}", 1)
+	topo := healthy(t, src)
+	br := topo.NSName("bridge")
+
+	testutil.Run(t, "ip", "-n", br, "link", "set", "mon0", "down")
+	rep := runDiagnose(t, topo, diagnose.Options{})
+	f := wantFinding(t, topo, rep, diagnose.CheckMirror, "bridge", "vm1")
+	evidenceHas(t, f, "mon0: down")
+	testutil.Run(t, "ip", "-n", br, "link", "set", "mon0", "up")
+
+	testutil.Run(t, "tc", "-n", br, "filter", "del", "dev", "vm1", "egress")
+	rep = runDiagnose(t, topo, diagnose.Options{})
+	f = wantFinding(t, topo, rep, diagnose.CheckMirror, "bridge", "vm1")
+	if !strings.Contains(f.Summary, "egress is not copied") {
+		t.Errorf("finding: %s", f.Summary)
+	}
+	up(t, topo, WithDeep(true))
+	if rep := runDiagnose(t, topo, diagnose.Options{}); len(rep.Findings) != 0 {
+		t.Fatalf("after up --deep:\n%s", describe(rep))
 	}
 }

@@ -21,6 +21,7 @@ func (d *diag) check() {
 	d.checkProbes()
 	d.checkFDB()
 	d.checkVLANs()
+	d.checkMirrors()
 	d.checkRoutes()
 	d.checkForwarding()
 	d.checkRPFilter()
