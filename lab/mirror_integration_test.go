@@ -54,7 +54,9 @@ func sniff(t *testing.T, topo *topology.Topology, ns, iface string, fn func()) [
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", topo.NSName(ns), "tcpdump", "-l", "-n", "-i", iface, "icmp")
+	// -Z root: tcpdump would drop privileges to a user of its own, which
+	// the guest lane's initramfs does not have.
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", topo.NSName(ns), "tcpdump", "-Z", "root", "-l", "-n", "-i", iface, "icmp")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -66,16 +68,19 @@ func sniff(t *testing.T, topo *topology.Topology, ns, iface string, fn func()) [
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("tcpdump: %v", err)
 	}
-	ready := make(chan struct{})
+	ready := make(chan bool, 1)
+	var errText strings.Builder
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		once := sync.Once{}
 		for sc.Scan() {
 			if strings.Contains(sc.Text(), "listening on") {
-				once.Do(func() { close(ready) })
+				once.Do(func() { ready <- true })
+			} else {
+				errText.WriteString(sc.Text() + "\n")
 			}
 		}
-		once.Do(func() { close(ready) })
+		once.Do(func() { ready <- false })
 	}()
 	var lines []string
 	done := make(chan struct{})
@@ -87,7 +92,11 @@ func sniff(t *testing.T, topo *topology.Topology, ns, iface string, fn func()) [
 		}
 	}()
 	select {
-	case <-ready:
+	case ok := <-ready:
+		if !ok {
+			cmd.Wait()
+			t.Fatalf("tcpdump exited before listening:\n%s", errText.String())
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("tcpdump did not start listening")
 	}
