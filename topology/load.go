@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
@@ -77,7 +78,20 @@ func Parse(file string, data []byte, opts ...Option) (*Topology, error) {
 // Decode only decodes: unknown fields, wrong types and YAML syntax errors are
 // reported; defaults and semantic checks are not applied. Every unknown field
 // is reported, with the first type error the decoder meets.
+//
+// Files in the plain subset of YAML that topologies are written in take a
+// fast path (fastDecode, about 20 times faster on a large file); anything
+// else, and every file with an error, goes through go-yaml's parser and
+// decoder, which also positions the errors.
 func Decode(file string, data []byte) (*Topology, error) {
+	if t, ok := fastDecode(file, data); ok {
+		return t, nil
+	}
+	return slowDecode(file, data)
+}
+
+// slowDecode decodes with go-yaml's syntax tree: any YAML, every error.
+func slowDecode(file string, data []byte) (*Topology, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, &Error{File: file, Line: 1, Column: 1, Msg: "the topology is empty"}
 	}
@@ -761,4 +775,674 @@ func Key(k string) string {
 		return "'" + k + "'"
 	}
 	return k
+}
+
+// The fast path. A topology file is nearly always plain block YAML: keys,
+// "- " lists, one-line flow lists and mappings, plain or simply quoted
+// scalars, comments. fastDecode reads exactly that subset straight into the
+// Go types, and records where each field is as the slow path does (source.at,
+// with the same rules as source.index and checkFields), so that validation
+// errors carry the same positions. It gives up (ok false) on anything outside
+// the subset, on anything the slow path would report (unknown fields,
+// duplicate keys, type mismatches, tags, anchors, several documents), and on
+// any scalar whose reading by go-yaml is not its plain text: the slow path
+// then decides, so a file decodes the same whichever path reads it
+// (TestFastDecodeMatches, FuzzFastDecode).
+
+// fnode is a node of the subset: a scalar, a mapping or a sequence, at the
+// position of its token (a mapping: its first key; a sequence: its first
+// "-" or its "[").
+type fnode struct {
+	kind      byte // 's', 'm' or 'q'
+	line, col int
+	text      string // scalar
+	quoted    bool   // scalar
+	pairs     []fpair
+	items     []*fnode
+}
+
+type fpair struct {
+	key       string
+	line, col int
+	val       *fnode
+}
+
+type fline struct {
+	num, indent int
+	text        string // without indentation, comment and trailing spaces
+}
+
+type fparser struct {
+	lines []fline
+	p     int
+	ok    bool
+	slab  []fnode // nodes are cut from it
+	count int     // nodes and pairs made, to size source.at
+}
+
+func (f *fparser) node(kind byte, line, col int) *fnode {
+	if len(f.slab) == 0 {
+		f.slab = make([]fnode, 512)
+	}
+	n := &f.slab[0]
+	f.slab = f.slab[1:]
+	n.kind, n.line, n.col = kind, line, col
+	f.count++
+	return n
+}
+
+func (f *fparser) fail() *fnode {
+	f.ok = false
+	return nil
+}
+
+func fastDecode(file string, data []byte) (*Topology, bool) {
+	lines, ok := splitLines(data)
+	if !ok || len(lines) == 0 {
+		return nil, false
+	}
+	f := &fparser{lines: lines, ok: true}
+	if lines[0].indent != 0 || isSeqItem(lines[0].text) {
+		return nil, false
+	}
+	root := f.block(0)
+	if !f.ok || f.p != len(f.lines) || root == nil || root.kind != 'm' {
+		return nil, false
+	}
+	src := &source{file: file, at: make(map[string]linecol, f.count)}
+	var t Topology
+	if !src.fill(root, reflect.ValueOf(&t).Elem(), "", false, linecol{}) {
+		return nil, false
+	}
+	t.File = file
+	t.src = src
+	return &t, true
+}
+
+// splitLines cuts data into its content lines. It refuses control
+// characters, non-ASCII characters outside comments, directives, and
+// document markers other than one leading "---".
+func splitLines(data []byte) ([]fline, bool) {
+	// Control characters (tabs and carriage returns included), a byte order
+	// mark and the Unicode line breaks are refused anywhere, comments too:
+	// they change how go-yaml counts lines and columns.
+	for _, c := range data {
+		if c < 0x20 && c != '\n' || c == 0x7f {
+			return nil, false
+		}
+	}
+	for _, bad := range []string{"\ufeff", "\u0085", "\u2028", "\u2029"} {
+		if bytes.Contains(data, []byte(bad)) {
+			return nil, false
+		}
+	}
+	out := make([]fline, 0, bytes.Count(data, []byte{'\n'})+1)
+	all := string(data) // one copy; the lines are slices of it
+	off := 0
+	num := 0
+	for len(data) > 0 {
+		num++
+		var raw []byte
+		start := off
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			raw, data = data[:i], data[i+1:]
+			off += i + 1
+		} else {
+			raw, data = data, nil
+		}
+		indent := 0
+		for indent < len(raw) && raw[indent] == ' ' {
+			indent++
+		}
+		text, ok := stripComment(raw[indent:])
+		if !ok {
+			return nil, false
+		}
+		if len(text) == 0 {
+			continue
+		}
+		if indent == 0 && (bytes.HasPrefix(text, []byte("---")) || bytes.HasPrefix(text, []byte("..."))) {
+			if len(out) > 0 || len(text) != 3 || text[0] != '-' {
+				return nil, false
+			}
+			continue // a leading document start
+		}
+		if text[0] == '%' {
+			return nil, false
+		}
+		out = append(out, fline{num: num, indent: indent, text: all[start+indent : start+indent+len(text)]})
+	}
+	return out, true
+}
+
+// stripComment drops a comment (a "#" at the start or after a space, outside
+// quotes) and the spaces before it.
+func stripComment(b []byte) ([]byte, bool) {
+	var quote byte
+	end := len(b)
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c >= 0x80 {
+			return nil, false // (the loop stops at a comment: allowed there)
+		}
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '#' && (i == 0 || b[i-1] == ' '):
+			end = i
+			i = len(b)
+		case (c == '\'' || c == '"') && (i == 0 || strings.IndexByte(" ,[{:", b[i-1]) >= 0):
+			quote = c
+		}
+	}
+	if quote != 0 {
+		return nil, false // a quoted scalar spanning lines
+	}
+	if end == len(b) && len(b) > 0 && b[len(b)-1] == ' ' {
+		// go-yaml places a plain scalar followed by spaces (and no
+		// comment) further right than it starts: leave such lines to it.
+		return nil, false
+	}
+	return bytes.TrimRight(b[:end], " "), true
+}
+
+func isSeqItem(text string) bool { return text == "-" || strings.HasPrefix(text, "- ") }
+
+// block reads the node that starts at the current line, indented by indent.
+func (f *fparser) block(indent int) *fnode {
+	if isSeqItem(f.lines[f.p].text) {
+		return f.seq(indent)
+	}
+	return f.mapping(indent)
+}
+
+func (f *fparser) mapping(indent int) *fnode {
+	l := f.lines[f.p]
+	m := f.node('m', l.num, indent+1)
+	for f.ok && f.p < len(f.lines) {
+		l := f.lines[f.p]
+		if l.indent < indent {
+			break
+		}
+		if l.indent > indent || isSeqItem(l.text) {
+			return f.fail()
+		}
+		key, rest, ok := splitKey(l.text)
+		if !ok {
+			return f.fail()
+		}
+		pair := fpair{key: key, line: l.num, col: indent + 1}
+		if rest == "" {
+			f.p++
+			switch {
+			case f.p < len(f.lines) && f.lines[f.p].indent > indent:
+				pair.val = f.block(f.lines[f.p].indent)
+			case f.p < len(f.lines) && f.lines[f.p].indent == indent && isSeqItem(f.lines[f.p].text):
+				pair.val = f.seq(indent)
+			default:
+				return f.fail() // null
+			}
+		} else {
+			pair.val = f.inline(rest, l.num, indent+1+len(l.text)-len(rest))
+			f.p++
+			if f.p < len(f.lines) && f.lines[f.p].indent > indent {
+				return f.fail() // a scalar continued on the next line
+			}
+		}
+		m.pairs = append(m.pairs, pair)
+	}
+	if !f.ok {
+		return nil
+	}
+	return m
+}
+
+func (f *fparser) seq(indent int) *fnode {
+	l := f.lines[f.p]
+	q := f.node('q', l.num, indent+1)
+	for f.ok && f.p < len(f.lines) {
+		l := f.lines[f.p]
+		if l.indent < indent || (l.indent == indent && !isSeqItem(l.text)) {
+			break
+		}
+		if l.indent > indent {
+			return f.fail()
+		}
+		rest := strings.TrimLeft(l.text[1:], " ")
+		col := indent + 1 + len(l.text) - len(rest)
+		var item *fnode
+		switch {
+		case rest == "":
+			f.p++
+			if f.p >= len(f.lines) || f.lines[f.p].indent <= indent {
+				return f.fail() // null
+			}
+			item = f.block(f.lines[f.p].indent)
+		case isSeqItem(rest):
+			return f.fail()
+		case mapStart(rest):
+			// "- key: value": a mapping whose keys are at col.
+			f.lines[f.p] = fline{num: l.num, indent: col - 1, text: rest}
+			item = f.mapping(col - 1)
+		default:
+			item = f.inline(rest, l.num, col)
+			f.p++
+			if f.p < len(f.lines) && f.lines[f.p].indent > indent {
+				return f.fail()
+			}
+		}
+		q.items = append(q.items, item)
+	}
+	if !f.ok {
+		return nil
+	}
+	return q
+}
+
+// mapStart reports whether text starts a block mapping ("key: ..." or
+// "key:").
+func mapStart(text string) bool {
+	_, _, ok := splitKey(text)
+	return ok
+}
+
+// splitKey splits "key: rest" or "key:"; the key is plain and simple.
+func splitKey(text string) (key, rest string, ok bool) {
+	i := 0
+	for i < len(text) && keyChar(text[i]) {
+		i++
+	}
+	if i == 0 || i >= len(text) || text[i] != ':' || !plainString(text[:i]) {
+		return "", "", false
+	}
+	switch {
+	case i+1 == len(text):
+		return text[:i], "", true
+	case text[i+1] == ' ':
+		return text[:i], strings.TrimLeft(text[i+1:], " "), true
+	}
+	return "", "", false
+}
+
+func keyChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-' || c == '/'
+}
+
+// plainChar: the characters a plain scalar of the subset may hold.
+func plainChar(c byte) bool {
+	return keyChar(c) || c == ' ' || c == ':' || c == '+' || c == '=' || c == '@' || c == '~' || c == '%' || c == '(' || c == ')'
+}
+
+// plainString reports whether go-yaml reads the plain scalar s as the string
+// s (token.New's rule: not a reserved word, not a number). A word that starts
+// with a letter, "_" or "/" is a number for no one: only the null and bool
+// words need a look.
+func plainString(s string) bool {
+	switch c := s[0]; {
+	case c == '-':
+		return false
+	case c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c == '/':
+		switch s {
+		case "null", "Null", "NULL", "true", "True", "TRUE", "false", "False", "FALSE":
+			return false
+		}
+		return true
+	}
+	return token.New(s, s, &token.Position{}).Type == token.StringType
+}
+
+// inline reads the value after "key: " or "- ": a one-line flow
+// collection, a quoted scalar or a plain scalar.
+func (f *fparser) inline(s string, line, col int) *fnode {
+	switch s[0] {
+	case '{', '[':
+		n, i := f.flow(s, 0, line, col)
+		if n == nil || i != len(s) {
+			return f.fail()
+		}
+		return n
+	case '"', '\'':
+		n, i := quoted(s, 0, line, col)
+		if n == nil || i != len(s) {
+			return f.fail()
+		}
+		return n
+	}
+	for i := 0; i < len(s); i++ {
+		if !plainChar(s[i]) || s[i] == ':' && (i+1 == len(s) || s[i+1] == ' ') || s[i] == ' ' && s[i-1] == ' ' {
+			return f.fail()
+		}
+	}
+	if !plainStart(s) {
+		return f.fail()
+	}
+	n := f.node('s', line, col)
+	n.text = s
+	return n
+}
+
+// plainStart refuses plain scalars that start with an indicator (a "-"
+// only starts a negative number).
+func plainStart(s string) bool {
+	return keyChar(s[0]) && (s[0] != '-' || len(s) > 1 && s[1] >= '1' && s[1] <= '9')
+}
+
+// quoted reads a quoted scalar at s[i]: single quotes with ” for a quote,
+// or double quotes without escapes.
+func quoted(s string, i, line, col int) (*fnode, int) {
+	q := s[i]
+	var b strings.Builder
+	for j := i + 1; j < len(s); j++ {
+		c := s[j]
+		switch {
+		case c == '\\' && q == '"':
+			return nil, 0
+		case c == q && q == '\'' && j+1 < len(s) && s[j+1] == '\'':
+			b.WriteByte('\'')
+			j++
+		case c == q:
+			return &fnode{kind: 's', line: line, col: col + i, text: b.String(), quoted: true}, j + 1
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return nil, 0
+}
+
+// flow reads a one-line flow collection at s[i] (col is s[0]'s column).
+func (f *fparser) flow(s string, i, line, col int) (*fnode, int) {
+	open := s[i]
+	n := f.node('q', line, col+i)
+	if open == '{' {
+		n.kind = 'm'
+	}
+	i++
+	for {
+		for i < len(s) && s[i] == ' ' {
+			i++
+		}
+		if i >= len(s) {
+			return nil, 0
+		}
+		if open == '{' {
+			k := i
+			for i < len(s) && keyChar(s[i]) {
+				i++
+			}
+			if i == k || i+1 >= len(s) || s[i] != ':' || s[i+1] != ' ' || !plainString(s[k:i]) {
+				return nil, 0
+			}
+			pair := fpair{key: s[k:i], line: line, col: col + k}
+			if len(n.pairs) == 0 {
+				n.col = pair.col // a mapping is where its first key is
+			}
+			i += 2
+			for i < len(s) && s[i] == ' ' {
+				i++
+			}
+			if pair.val, i = f.flowValue(s, i, line, col); pair.val == nil {
+				return nil, 0
+			}
+			n.pairs = append(n.pairs, pair)
+		} else {
+			var item *fnode
+			if item, i = f.flowValue(s, i, line, col); item == nil {
+				return nil, 0
+			}
+			n.items = append(n.items, item)
+		}
+		for i < len(s) && s[i] == ' ' {
+			i++
+		}
+		switch {
+		case i < len(s) && s[i] == ',':
+			i++
+		case i < len(s) && (open == '{' && s[i] == '}' || open == '[' && s[i] == ']'):
+			return n, i + 1
+		default:
+			return nil, 0
+		}
+	}
+}
+
+func (f *fparser) flowValue(s string, i, line, col int) (*fnode, int) {
+	if i >= len(s) {
+		return nil, 0
+	}
+	switch s[i] {
+	case '{', '[':
+		return f.flow(s, i, line, col)
+	case '"', '\'':
+		return quoted(s, i, line, col)
+	}
+	j := i
+	for j < len(s) && plainChar(s[j]) && !(s[j] == ':' && (j+1 == len(s) || s[j+1] == ' ')) {
+		if s[j] == ' ' && s[j-1] == ' ' {
+			return nil, 0
+		}
+		j++
+	}
+	v := strings.TrimRight(s[i:j], " ")
+	if v == "" || !plainStart(v) {
+		return nil, 0
+	}
+	if j < len(s) && strings.IndexByte(",]}", s[j]) < 0 && s[j] != ' ' {
+		return nil, 0
+	}
+	n := f.node('s', line, col+i)
+	n.text = v
+	return n, j
+}
+
+// fill decodes n into v (the field at path) and records where the field is
+// in s.at as source.index and checkFields would. keyAt says that path's
+// position is that of the key introducing n (a mapping or list value); key
+// is that position.
+func (s *source) fill(n *fnode, v reflect.Value, path string, keyAt bool, key linecol) bool {
+	t := v.Type()
+	if t.Kind() == reflect.Pointer {
+		if customDecoded(t) || customDecoded(t.Elem()) {
+			return false
+		}
+		p := reflect.New(t.Elem())
+		if !s.fill(n, p.Elem(), path, keyAt, key) {
+			return false
+		}
+		v.Set(p)
+		return true
+	}
+	at := linecol{n.line, n.col}
+	if keyAt {
+		at = key
+	}
+	if _, ok := s.at[path]; !ok {
+		s.at[path] = at
+	}
+	switch {
+	case t == scalarType:
+		text, ok := scalarOf(n)
+		v.SetString(text)
+		return ok
+	case t == listType:
+		if n.kind == 's' {
+			text, ok := scalarOf(n)
+			v.Set(reflect.ValueOf(List{text}))
+			return ok
+		}
+		if n.kind != 'q' {
+			return false
+		}
+		l := make(List, len(n.items))
+		for i, item := range n.items {
+			var ok bool
+			if l[i], ok = scalarOf(item); !ok {
+				return false
+			}
+			s.fillItem(item, path, i)
+		}
+		v.Set(reflect.ValueOf(l))
+		return true
+	case customDecoded(t):
+		return false
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		if n.kind != 'm' {
+			return false
+		}
+		fields := fieldIndex(t)
+		seen := make([]bool, t.NumField())
+		for _, pr := range n.pairs {
+			i, ok := fields[pr.key]
+			if !ok || seen[i] {
+				return false
+			}
+			seen[i] = true
+			if !s.fill(pr.val, v.Field(i), joinPath(path, Key(pr.key)), pr.val.kind != 's', linecol{pr.line, pr.col}) {
+				return false
+			}
+		}
+		return true
+	case reflect.Map:
+		if n.kind != 'm' || t.Key().Kind() != reflect.String {
+			return false
+		}
+		m := reflect.MakeMapWithSize(t, len(n.pairs))
+		for _, pr := range n.pairs {
+			k := reflect.ValueOf(pr.key).Convert(t.Key())
+			if m.MapIndex(k).IsValid() {
+				return false
+			}
+			e := reflect.New(t.Elem()).Elem()
+			p := joinPath(path, Key(pr.key))
+			if !s.fill(pr.val, e, p, pr.val.kind != 's', linecol{pr.line, pr.col}) {
+				return false
+			}
+			s.at[p] = linecol{pr.line, pr.col} // checkFields: a map entry is named by its key
+			m.SetMapIndex(k, e)
+		}
+		v.Set(m)
+		return true
+	case reflect.Slice:
+		if n.kind != 'q' {
+			return false
+		}
+		sl := reflect.MakeSlice(t, len(n.items), len(n.items))
+		for i, item := range n.items {
+			if !s.fill(item, sl.Index(i), path+"["+strconv.Itoa(i)+"]", false, linecol{}) {
+				return false
+			}
+		}
+		v.Set(sl)
+		return true
+	case reflect.String:
+		if n.kind != 's' {
+			return false
+		}
+		if !n.quoted && !plainString(n.text) && !simpleInt(n.text) && n.text != "true" && n.text != "false" {
+			return false
+		}
+		v.SetString(n.text)
+		return true
+	case reflect.Int:
+		if n.kind != 's' || n.quoted || !simpleInt(n.text) {
+			return false
+		}
+		i, err := strconv.Atoi(n.text)
+		v.SetInt(int64(i))
+		return err == nil
+	case reflect.Bool:
+		if n.kind != 's' || n.quoted || n.text != "true" && n.text != "false" {
+			return false
+		}
+		v.SetBool(n.text == "true")
+		return true
+	}
+	return false
+}
+
+// fillItem records the position of the scalar item i of a List at path.
+func (s *source) fillItem(n *fnode, path string, i int) {
+	p := path + "[" + strconv.Itoa(i) + "]"
+	if _, ok := s.at[p]; !ok {
+		s.at[p] = linecol{n.line, n.col}
+	}
+}
+
+// scalarOf is scalarText for the subset: the text of a scalar go-yaml reads
+// as a string, a decimal integer or true/false.
+func scalarOf(n *fnode) (string, bool) {
+	if n.kind != 's' {
+		return "", false
+	}
+	if n.quoted || plainString(n.text) || simpleInt(n.text) || n.text == "true" || n.text == "false" {
+		return n.text, true
+	}
+	return "", false
+}
+
+// simpleInt: a decimal integer go-yaml reads as itself (no sign, no leading
+// zero, no underscore, within int64).
+func simpleInt(s string) bool {
+	if s == "" || len(s) > 18 || s[0] == '0' && len(s) > 1 {
+		return false
+	}
+	if s[0] == '-' {
+		s = s[1:]
+		if s == "" || s[0] == '0' {
+			return false
+		}
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+var (
+	scalarType = reflect.TypeFor[Scalar]()
+	listType   = reflect.TypeFor[List]()
+)
+
+// customDecoded reports types that decode themselves (other than Scalar and
+// List): the fast path leaves them to go-yaml.
+func customDecoded(t reflect.Type) bool {
+	p := reflect.PointerTo(t)
+	for _, m := range []string{"UnmarshalYAML", "UnmarshalText", "UnmarshalJSON"} {
+		if _, ok := p.MethodByName(m); ok {
+			return true
+		}
+	}
+	return false
+}
+
+var fieldIndexes sync.Map // reflect.Type -> map[string]int
+
+// fieldIndex maps the YAML keys of struct type t to field indexes (the
+// names yamlFields gives).
+func fieldIndex(t reflect.Type) map[string]int {
+	if m, ok := fieldIndexes.Load(t); ok {
+		return m.(map[string]int)
+	}
+	m := map[string]int{}
+	for i := range t.NumField() {
+		sf := t.Field(i)
+		if !sf.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(sf.Name)
+		}
+		m[name] = i
+	}
+	fieldIndexes.Store(t, m)
+	return m
 }
