@@ -68,22 +68,6 @@ func Dial(ns *netns.NS) (*Conn, error) {
 	return &Conn{NS: ns, h: h, raw: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: sock}}, index: map[string]int{}}, nil
 }
 
-// DialHere opens a connection in the calling thread's current namespace,
-// recorded as ns. It is meant to run inside netns.Do(ns, ...), where it costs
-// no extra namespace switches (Dial switches twice per socket).
-func DialHere(ns *netns.NS) (*Conn, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in namespace %q: %w", ns.Name, err)
-	}
-	sock, err := nl.GetNetlinkSocketAt(vnetns.None(), vnetns.None(), unix.NETLINK_ROUTE)
-	if err != nil {
-		h.Close()
-		return nil, fmt.Errorf("netlink in namespace %q: %w", ns.Name, err)
-	}
-	return &Conn{NS: ns, h: h, raw: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: sock}}, index: map[string]int{}}, nil
-}
-
 // Close closes the sockets (not the namespace).
 func (c *Conn) Close() {
 	c.h.Close()

@@ -43,28 +43,31 @@ func Network(desired *model.State, scanPrefix string, deep Deep) (*model.State, 
 	out := &model.State{Network: id, Namespaces: map[string]*model.Namespace{}}
 	var mu sync.Mutex
 	var errs []error
-	sem := make(chan struct{}, Workers)
+	// Long-lived workers: their stacks grow once, not once per namespace.
+	work := make(chan string)
 	var wg sync.WaitGroup
-	for _, n := range todo {
+	for range min(Workers, len(todo)) {
 		wg.Add(1)
-		sem <- struct{}{}
-		go func(name string) {
-			defer func() { <-sem; wg.Done() }()
-			ns, err := one(name, desired.Namespaces[name], id, deep)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if errors.Is(err, netns.ErrNotFound) {
-					return // deleted while we looked
+		go func() {
+			defer wg.Done()
+			for name := range work {
+				ns, err := one(name, desired.Namespaces[name], id, deep)
+				mu.Lock()
+				switch {
+				case errors.Is(err, netns.ErrNotFound): // deleted while we looked
+				case err != nil:
+					errs = append(errs, err)
+				case ns != nil:
+					out.Namespaces[name] = ns
 				}
-				errs = append(errs, err)
-				return
+				mu.Unlock()
 			}
-			if ns != nil {
-				out.Namespaces[name] = ns
-			}
-		}(n)
+		}()
 	}
+	for _, n := range todo {
+		work <- n
+	}
+	close(work)
 	wg.Wait()
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -73,56 +76,41 @@ func Network(desired *model.State, scanPrefix string, deep Deep) (*model.State, 
 }
 
 // one reads a single namespace; it returns nil for one that is neither
-// desired nor owned by id. Sockets and sysctls are opened in one switch into
-// the namespace; the netlink dumps then run from this thread.
+// desired nor owned by id. It switches into the namespace only to open a
+// netlink socket there (and again to read sysctls, when the namespace mark
+// does not vouch for them); the dumps of links (with lo's mark), addresses
+// and routes run from the calling goroutine.
 func one(name string, want *model.Namespace, id string, deep Deep) (*model.Namespace, error) {
 	ns, err := netns.Open(name)
 	if err != nil {
 		return nil, err
 	}
 	defer ns.Close()
-	var c *link.Conn
-	var sysctls map[string]string
-	err = netns.Do(ns, func() error {
-		var err error
-		if c, err = link.DialHere(ns); err != nil {
-			return err
-		}
-		if want == nil || len(want.Sysctls) == 0 {
-			return nil
-		}
-		if !deep {
-			// Trust the mark when it records exactly the desired sysctls.
-			m, ok, err := c.NamespaceMark()
-			if err != nil {
-				return err
-			}
-			if ok && m.ID == id && m.Marks[model.AspectSysctl] == model.SysctlHash(want.Sysctls) {
-				sysctls = maps.Clone(want.Sysctls)
-				return nil
-			}
-		}
-		sysctls, err = netns.ReadSysctlsHere(model.SortedNames(want.Sysctls))
-		return err
-	})
-	if c != nil {
-		defer c.Close()
+	var r *link.Reader
+	if err := netns.Do(ns, func() (err error) { r, err = link.NewReaderHere(ns); return err }); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("namespace %q: %w", name, err)
-	}
-	obs, err := c.Observe()
+	obs, err := r.Observe()
+	r.Close()
 	if err != nil {
 		return nil, err
+	}
+	if obs.Owner == id && want != nil && len(want.Sysctls) > 0 {
+		if !deep && obs.Marks[model.AspectSysctl] == model.SysctlHash(want.Sysctls) {
+			// Trust the mark: it records exactly the desired sysctls.
+			obs.Sysctls = maps.Clone(want.Sysctls)
+		} else if err := netns.Do(ns, func() (err error) {
+			obs.Sysctls, err = netns.ReadSysctlsHere(model.SortedNames(want.Sysctls))
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("namespace %q: %w", name, err)
+		}
 	}
 	if obs.Owner != id {
 		if want == nil {
 			return nil, nil
 		}
 		return &model.Namespace{Name: name, Owner: obs.Owner}, nil
-	}
-	if sysctls != nil {
-		obs.Sysctls = sysctls
 	}
 	if want != nil {
 		if err := aspects(ns, want, obs, deep); err != nil {
