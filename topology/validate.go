@@ -173,7 +173,7 @@ func (v *validator) nsRef(ns, f string) bool {
 		v.c.add(f, "say which namespace this is in (namespace: NAME)")
 		return false
 	}
-	if v.t.Namespace(ns) == nil {
+	if _, ok := v.ifaces[ns]; !ok && v.t.Namespace(ns) == nil {
 		v.c.add(f, "namespace %q is not declared", ns)
 		return false
 	}

@@ -152,12 +152,19 @@ func Create(name string) (*NS, error) {
 
 // Open opens an existing named namespace.
 func Open(name string) (*NS, error) {
-	if !Exists(name) {
+	f, err := os.Open(Path(name))
+	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("open namespace %q: %w", name, ErrNotFound)
 	}
-	f, err := os.Open(Path(name))
 	if err != nil {
 		return nil, fmt.Errorf("open namespace %q: %w", name, err)
+	}
+	// A name under /run/netns that is not (or no longer) a namespace mount
+	// is a plain file: not found, as Exists says.
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || st.Type != unix.NSFS_MAGIC {
+		f.Close()
+		return nil, fmt.Errorf("open namespace %q: %w", name, ErrNotFound)
 	}
 	return &NS{Name: name, f: f}, nil
 }
@@ -185,13 +192,20 @@ func Do(ns *NS, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open current namespace: %w", err)
-			return
+		// Every thread that runs goroutines freely is in the initial
+		// namespace (a thread Do could not restore stays locked and dies),
+		// so the way back is the initial namespace's descriptor, opened
+		// once, not this thread's, opened per call.
+		orig := initial
+		if initialErr != nil {
+			var err error
+			if orig, err = os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())); err != nil {
+				runtime.UnlockOSThread()
+				errc <- fmt.Errorf("open current namespace: %w", err)
+				return
+			}
+			defer orig.Close()
 		}
-		defer orig.Close()
 		if err := unix.Setns(ns.Fd(), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter namespace %q: %w", ns.Name, err)
