@@ -604,21 +604,6 @@ vms:
   - {name: vm2, nics: [{uplink: eth0, mac: "02:00:00:00:78:02", dhcp: true}]}
 `
 
-// vmsForDiagnose is what `kvmnet diagnose` passes diagnose: lab.VMStatus's
-// report (internal/cli's vmsForDiagnose does the same; lab's tests cannot
-// import the cli).
-func vmsForDiagnose(r *VMStatusReport) *diagnose.VMs {
-	out := &diagnose.VMs{Supervisor: r.Supervisor.State, SupervisorReason: r.Supervisor.Reason, SupervisorLog: r.Supervisor.Log}
-	for _, v := range r.VMs {
-		out.VMs = append(out.VMs, diagnose.VM{Name: v.Name, Status: v.Status})
-	}
-	for _, s := range r.DHCP {
-		out.DHCP = append(out.DHCP, diagnose.DHCPServer{Namespace: s.Namespace, Interface: s.Interface, Listening: s.Listening,
-			Error: s.Error, Stats: s.Stats, LeaseFile: s.LeaseFile, Leases: s.Leases})
-	}
-	return out
-}
-
 func leaseOf(r *VMStatusReport, mac string) *dhcp.Lease {
 	for _, d := range r.DHCP {
 		for i, l := range d.Leases {
@@ -668,7 +653,7 @@ func TestDiagnoseDHCPLeaseMissing(t *testing.T) {
 		t.Fatalf("leases after up: %+v", st.DHCP)
 	}
 	// The healthy network: no finding, and diagnose read the leases.
-	rep := runDiagnose(t, topo, diagnose.Options{VMs: vmsForDiagnose(st)})
+	rep := runDiagnose(t, topo, diagnose.Options{VMs: st.ForDiagnose()})
 	if !rep.OK || len(rep.Findings) != 0 {
 		t.Fatalf("diagnose on the healthy VM network found:\n%s", describe(rep))
 	}
@@ -703,7 +688,7 @@ func TestDiagnoseDHCPLeaseMissing(t *testing.T) {
 	if leaseOf(st, mac2) == nil {
 		t.Fatalf("vm2 lost its lease too: %+v", st.DHCP)
 	}
-	rep = runDiagnose(t, topo, diagnose.Options{VMs: vmsForDiagnose(st)})
+	rep = runDiagnose(t, topo, diagnose.Options{VMs: st.ForDiagnose()})
 	t.Logf("vm1's DHCP dropped in its namespace:\n%s", describe(rep))
 	f := wantFinding(t, topo, rep, diagnose.CheckDHCPLease, "vm1", "eth0")
 	evidenceHas(t, f, "the DHCP server "+topo.NSName("host")+"/eth0 has no bound lease for "+mac1)
@@ -744,7 +729,7 @@ func TestDiagnoseDHCPLeaseMissing(t *testing.T) {
 	if err := pingGuest(l1.IP.String()); err != nil {
 		t.Fatalf("ping vm1 at %s after the fix: %v", l1.IP, err)
 	}
-	rep = runDiagnose(t, topo, diagnose.Options{VMs: vmsForDiagnose(st)})
+	rep = runDiagnose(t, topo, diagnose.Options{VMs: st.ForDiagnose()})
 	if !rep.OK || len(rep.Findings) != 0 {
 		t.Fatalf("diagnose after the fix found:\n%s", describe(rep))
 	}

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kvmnet/kvmnet/internal/dhcp"
+	"github.com/kvmnet/kvmnet/internal/diagnose"
 	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/netns"
 	"github.com/kvmnet/kvmnet/internal/state"
@@ -1044,4 +1045,19 @@ func (p *progress) close() {
 	if p.shown {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
+}
+
+// ForDiagnose turns the report into what diagnose's DHCP lease check reads
+// (diagnose cannot import lab).
+func (r *VMStatusReport) ForDiagnose() *diagnose.VMs {
+	out := &diagnose.VMs{Supervisor: r.Supervisor.State, SupervisorReason: r.Supervisor.Reason, SupervisorLog: r.Supervisor.Log,
+		VMs: []diagnose.VM{}, DHCP: []diagnose.DHCPServer{}}
+	for _, v := range r.VMs {
+		out.VMs = append(out.VMs, diagnose.VM{Name: v.Name, Status: v.Status})
+	}
+	for _, s := range r.DHCP {
+		out.DHCP = append(out.DHCP, diagnose.DHCPServer{Namespace: s.Namespace, Interface: s.Interface, Listening: s.Listening,
+			Error: s.Error, Stats: s.Stats, LeaseFile: s.LeaseFile, Leases: s.Leases})
+	}
+	return out
 }

@@ -108,19 +108,5 @@ func diagnoseVMs(cmd *cobra.Command, g *globals, t *topology.Topology) (*diagnos
 	if err != nil {
 		return nil, err
 	}
-	return vmsForDiagnose(r), nil
-}
-
-// vmsForDiagnose turns what lab.VMStatus reports into diagnose's input.
-func vmsForDiagnose(r *lab.VMStatusReport) *diagnose.VMs {
-	out := &diagnose.VMs{Supervisor: r.Supervisor.State, SupervisorReason: r.Supervisor.Reason, SupervisorLog: r.Supervisor.Log,
-		VMs: []diagnose.VM{}, DHCP: []diagnose.DHCPServer{}}
-	for _, v := range r.VMs {
-		out.VMs = append(out.VMs, diagnose.VM{Name: v.Name, Status: v.Status})
-	}
-	for _, s := range r.DHCP {
-		out.DHCP = append(out.DHCP, diagnose.DHCPServer{Namespace: s.Namespace, Interface: s.Interface, Listening: s.Listening,
-			Error: s.Error, Stats: s.Stats, LeaseFile: s.LeaseFile, Leases: s.Leases})
-	}
-	return out
+	return r.ForDiagnose(), nil
 }

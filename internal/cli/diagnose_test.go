@@ -199,7 +199,7 @@ func TestVMsForDiagnose(t *testing.T) {
 		DHCP: []lab.DHCPStatus{{Namespace: "p-host", Interface: "eth0", Listening: true, Error: "e", Stats: &dhcp.Stats{Acks: 3},
 			LeaseFile: "/x/l.json", Leases: []dhcp.Lease{l}}},
 	}
-	got := vmsForDiagnose(r)
+	got := r.ForDiagnose()
 	want := &diagnose.VMs{Supervisor: "dead", SupervisorReason: "gone", SupervisorLog: "/x/supervise.log",
 		VMs: []diagnose.VM{{Name: "vm1", Status: r.VMs[0].Status}},
 		DHCP: []diagnose.DHCPServer{{Namespace: "p-host", Interface: "eth0", Listening: true, Error: "e", Stats: r.DHCP[0].Stats,

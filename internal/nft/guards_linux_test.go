@@ -276,7 +276,6 @@ func arpAsk(t *testing.T, vm *netns.NS, senderMAC, senderIP, target string) bool
 // nodes) claiming target for srcMAC: the frame that poisons neighbour caches.
 func neighbourAdvert(srcMAC string, target netip.Addr) []byte {
 	hw, _ := net.ParseMAC(srcMAC)
-	src, dst := eui64LinkLocal(hw).As16(), netip.MustParseAddr("ff02::1").As16()
 	icmp := make([]byte, 32)
 	icmp[0] = ndNeighborAdvert
 	icmp[4] = 0x20 // override
@@ -284,21 +283,12 @@ func neighbourAdvert(srcMAC string, target netip.Addr) []byte {
 	copy(icmp[8:24], tb[:])
 	icmp[24], icmp[25] = 2, 1 // target link-layer address option
 	copy(icmp[26:32], hw)
-	binary.BigEndian.PutUint16(icmp[2:], icmpv6Checksum(src, dst, icmp))
-	ip6 := make([]byte, 40)
-	ip6[0] = 0x60
-	binary.BigEndian.PutUint16(ip6[4:], uint16(len(icmp)))
-	ip6[6], ip6[7] = unix.IPPROTO_ICMPV6, 255
-	copy(ip6[8:24], src[:])
-	copy(ip6[24:40], dst[:])
-	return frame(srcMAC, "33:33:00:00:00:01", unix.ETH_P_IPV6, append(ip6, icmp...))
+	return ndFrame(srcMAC, icmp)
 }
 
 // routerAdvert is a router advertisement from srcMAC announcing prefix:
 // the rogue RA that would make every host on the segment route through it.
 func routerAdvert(srcMAC string, prefix netip.Addr) []byte {
-	hw, _ := net.ParseMAC(srcMAC)
-	src, dst := eui64LinkLocal(hw).As16(), netip.MustParseAddr("ff02::1").As16()
 	icmp := make([]byte, 16+32)
 	icmp[0] = ndRouterAdvert
 	icmp[4] = 64                               // hop limit
@@ -308,6 +298,15 @@ func routerAdvert(srcMAC string, prefix netip.Addr) []byte {
 	binary.BigEndian.PutUint32(icmp[24:], 14400)
 	p := prefix.As16()
 	copy(icmp[32:48], p[:])
+	return ndFrame(srcMAC, icmp)
+}
+
+// ndFrame sends the ICMPv6 message icmp from srcMAC's EUI-64 link-local
+// address to all nodes (ff02::1, hop limit 255, as ND requires), with its
+// checksum filled in.
+func ndFrame(srcMAC string, icmp []byte) []byte {
+	hw, _ := net.ParseMAC(srcMAC)
+	src, dst := eui64LinkLocal(hw).As16(), netip.MustParseAddr("ff02::1").As16()
 	binary.BigEndian.PutUint16(icmp[2:], icmpv6Checksum(src, dst, icmp))
 	ip6 := make([]byte, 40)
 	ip6[0] = 0x60
