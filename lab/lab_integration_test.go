@@ -807,6 +807,37 @@ func TestIPv6(t *testing.T) {
 	}
 }
 
+// TestIPv6OffDrift: where kvmnet switched IPv6 off, a plain up trusts the
+// namespace mark for it (as for every derived sysctl: it leaves the IPv6
+// dumps out); up --deep reads everything, finds IPv6 switched back on by
+// hand with an address added, switches it off again and removes the
+// address.
+func TestIPv6OffDrift(t *testing.T) {
+	topo := fixture(t, mirrorNet) // lab/mirror_integration_test.go: no IPv6 anywhere
+	up(t, topo)
+	for _, k := range []string{"all", "default", "eth0"} {
+		inNS(t, topo, "vm1", "sysctl", "-qw", "net.ipv6.conf."+k+".disable_ipv6=0")
+	}
+	inNS(t, topo, "vm1", "ip", "addr", "add", "fd00:bad::5/64", "dev", "eth0", "nodad")
+	res := up(t, topo, WithDeep(true))
+	var gone bool
+	for _, s := range res.Steps {
+		gone = gone || (s.Op == plan.OpDelAddr && s.Addr.String() == "fd00:bad::5/64")
+	}
+	if !gone {
+		t.Fatalf("up --deep did not remove the hand-made IPv6 address: %v", res.Steps)
+	}
+	if out := inNS(t, topo, "vm1", "ip", "-6", "addr", "show", "dev", "eth0", "scope", "global"); strings.TrimSpace(out) != "" {
+		t.Fatalf("IPv6 address left:\n%s", out)
+	}
+	if v := strings.TrimSpace(inNS(t, topo, "vm1", "cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6")); v != "1" {
+		t.Errorf("IPv6 still on in vm1 (all.disable_ipv6=%s)", v)
+	}
+	if again := up(t, topo); again.Writes != 0 {
+		t.Fatalf("up after the repair wrote %d: %v", again.Writes, again.Steps)
+	}
+}
+
 // dialErr connects from ns to addr with a short timeout and returns the error.
 func dialErr(topo *topology.Topology, ns, addr string) (net.Conn, error) {
 	h, err := netns.Open(topo.NSName(ns))

@@ -64,6 +64,11 @@ func NewReaderHere(ns *netns.NS) (*Reader, error) {
 // Observe is Conn.Observe.
 func (x *Reader) Observe() (*model.Namespace, error) { return x.r.observe() }
 
+// SkipIPv6, when set, is asked after the link dump (with the namespace's
+// owner and marks read) whether the IPv6 address and route dumps can be
+// left out: the caller knows IPv6 is off there (see observe.one).
+func (x *Reader) SkipIPv6(f func(ns *model.Namespace) bool) { x.r.skipV6 = f }
+
 // Close closes the socket.
 func (x *Reader) Close() { unix.Close(x.r.fd) }
 
@@ -77,6 +82,8 @@ type reader struct {
 	strict bool
 	// vlans dumps the bridge port VLANs (through the library).
 	vlans func() (map[int32][]*nl.BridgeVlanInfo, error)
+	// skipV6 (optional) says whether to leave out the IPv6 dumps.
+	skipV6 func(ns *model.Namespace) bool
 }
 
 // reader reads through the Conn's socket, locked until done is called.
@@ -220,7 +227,11 @@ func (r *reader) read() (*model.Namespace, error) {
 			}
 		}
 	}
-	err = r.dumpInet(unix.RTM_GETADDR, unix.SizeofIfAddrmsg, func(typ uint16, b []byte) {
+	families := []byte{unix.AF_INET, unix.AF_INET6}
+	if r.skipV6 != nil && r.skipV6(ns) {
+		families = families[:1]
+	}
+	err = r.dumpInet(unix.RTM_GETADDR, unix.SizeofIfAddrmsg, families, func(typ uint16, b []byte) {
 		if typ != unix.RTM_NEWADDR || len(b) < unix.SizeofIfAddrmsg {
 			return
 		}
@@ -268,7 +279,7 @@ func (r *reader) read() (*model.Namespace, error) {
 	for _, l := range ns.Links {
 		model.SortPrefixes(l.Addrs)
 	}
-	err = r.dumpInet(unix.RTM_GETROUTE, unix.SizeofRtMsg, func(typ uint16, b []byte) {
+	err = r.dumpInet(unix.RTM_GETROUTE, unix.SizeofRtMsg, families, func(typ uint16, b []byte) {
 		if typ != unix.RTM_NEWROUTE || len(b) < unix.SizeofRtMsg {
 			return
 		}
@@ -316,13 +327,13 @@ func (r *reader) read() (*model.Namespace, error) {
 	return ns, nil
 }
 
-// dumpInet dumps typ for IPv4, then IPv6: a request per family, because the
+// dumpInet dumps typ for each of families in turn: a request per family, because the
 // kernel serves an AF_UNSPEC address or route dump under the RTNL lock
 // (rtnl_dump_all), and the per-family ones without it, so that observation
 // workers and other netlink users do not wait for each other. size is that
 // of the family header (ifaddrmsg, rtmsg: the family is its first byte).
-func (r *reader) dumpInet(typ uint16, size int, f func(typ uint16, b []byte)) error {
-	for _, family := range []byte{unix.AF_INET, unix.AF_INET6} {
+func (r *reader) dumpInet(typ uint16, size int, families []byte, f func(typ uint16, b []byte)) error {
+	for _, family := range families {
 		body := make([]byte, size)
 		body[0] = family
 		if typ == unix.RTM_GETROUTE && r.strict {
