@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -14,7 +13,6 @@ import (
 	"github.com/kvmnet/kvmnet/internal/dhcp"
 	"github.com/kvmnet/kvmnet/internal/diagnose"
 	"github.com/kvmnet/kvmnet/internal/inspect"
-	"github.com/kvmnet/kvmnet/internal/supervise"
 	"github.com/kvmnet/kvmnet/internal/testutil"
 	"github.com/kvmnet/kvmnet/internal/vm"
 	"github.com/kvmnet/kvmnet/topology"
@@ -623,25 +621,7 @@ func leaseOf(r *VMStatusReport, mac string) *dhcp.Lease {
 // gives no finding; deleting the rule as the fix says and restarting the
 // VM brings the lease back.
 func TestDiagnoseDHCPLeaseMissing(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots VMs (skipped with -short)")
-	}
-	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "qemu-system-x86_64")
-	testutil.RequireTool(t, "nft")
-	topo := fixture(t, dgxLease)
-	sdir := stateDir(t)
-	netDir := filepath.Join(sdir, topo.ID())
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, name := range []string{"vm1", "vm2"} {
-				m := &vm.Machine{Spec: vm.Spec{Name: name}, Dir: filepath.Join(netDir, "vms", name)}
-				t.Logf("serial console of %s (last 20 lines):\n%s", name, m.ConsoleTail(20))
-			}
-			t.Logf("supervisor log:\n%s", supervise.Tail(netDir, 30))
-		}
-		killAll(t, sdir)
-	})
+	topo, _, _ := vmFixture(t, dgxLease, "nft")
 	ctx := context.Background()
 	if _, err := Up(ctx, topo, vmOpts(t)...); err != nil {
 		t.Fatalf("up: %v", err)

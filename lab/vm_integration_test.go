@@ -184,24 +184,30 @@ func mtimes(t *testing.T, dir string) map[string]time.Time {
 	return out
 }
 
-// TestVMsUpDown runs Up on a topology with two built-in guests on one
-// bridge, with DHCP from the host namespace and a routed external
-// namespace, and checks the whole life of the VMs: leases, traffic, a
-// no-op second up, a crash that is reported and not repaired, a changed
-// spec, a removed VM, and a down that leaves nothing behind.
-func TestVMsUpDown(t *testing.T) {
+// vmFixture is fixture for a test that boots QEMU guests (skipped with
+// -short; needs qemu and tools): the topology, its state directory and the
+// network's directory in it. When the test ends, every guest and supervisor
+// it started is killed; when it failed, the guests' serial consoles and the
+// supervisor's log are logged first.
+func vmFixture(t *testing.T, src string, tools ...string) (topo *topology.Topology, sdir, netDir string) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("boots VMs (skipped with -short)")
 	}
 	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "qemu-system-x86_64")
-	testutil.RequireTool(t, "busybox")
-	topo := fixture(t, vmYAML(128, 128))
-	sdir := stateDir(t)
-	netDir := filepath.Join(sdir, topo.ID())
+	for _, tool := range append([]string{"qemu-system-x86_64"}, tools...) {
+		testutil.RequireTool(t, tool)
+	}
+	topo = fixture(t, src)
+	sdir = stateDir(t)
+	netDir = filepath.Join(sdir, topo.ID())
+	var names []string // as declared now: a test may remove VMs from topo
+	for _, v := range topo.VMs {
+		names = append(names, v.Name)
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, name := range []string{"vm1", "vm2"} {
+			for _, name := range names {
 				m := &vm.Machine{Spec: vm.Spec{Name: name}, Dir: filepath.Join(netDir, "vms", name)}
 				t.Logf("serial console of %s (last 20 lines):\n%s", name, m.ConsoleTail(20))
 			}
@@ -209,6 +215,16 @@ func TestVMsUpDown(t *testing.T) {
 		}
 		killAll(t, sdir)
 	})
+	return topo, sdir, netDir
+}
+
+// TestVMsUpDown runs Up on a topology with two built-in guests on one
+// bridge, with DHCP from the host namespace and a routed external
+// namespace, and checks the whole life of the VMs: leases, traffic, a
+// no-op second up, a crash that is reported and not repaired, a changed
+// spec, a removed VM, and a down that leaves nothing behind.
+func TestVMsUpDown(t *testing.T) {
+	topo, sdir, netDir := vmFixture(t, vmYAML(128, 128), "busybox")
 	ctx := context.Background()
 
 	// 1. up: the network, the supervisor with the DHCP server, both guests.
@@ -501,18 +517,11 @@ func TestVMWiringAndConfigs(t *testing.T) {
 // on filters the guest's bridged traffic in the VM's namespace: only what it
 // allows gets in, plus replies to the guest's own traffic and its DHCP replies.
 func TestVMSecurityGroup(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots VMs (skipped with -short)")
-	}
-	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "qemu-system-x86_64")
 	src := strings.Replace(vmYAML(128, 128), "      - {namespace: vm1, name: eth0}", "      - {namespace: vm1, name: eth0, security_groups: [echo]}", 1)
 	// Echo from anywhere; the agent's HTTP only from the segment (kvmnet
 	// verify reaches the agent from the host, 192.168.77.1).
 	src += "security_groups:\n  - name: echo\n    ingress:\n      - {proto: tcp, port: 7}\n      - {proto: tcp, port: 80, from: 192.168.77.0/24}\n"
-	topo := fixture(t, src)
-	sdir := stateDir(t)
-	t.Cleanup(func() { killAll(t, sdir) })
+	topo, _, _ := vmFixture(t, src)
 	ctx := context.Background()
 	if _, err := Up(ctx, topo, vmOpts(t)...); err != nil {
 		t.Fatalf("up (the guest behind the group must still get its DHCP lease): %v", err)

@@ -45,30 +45,22 @@ func (m *Mirror) Dir() string {
 	return m.Direction
 }
 
+// Copies reports which sides of each port the mirror copies.
+func (m *Mirror) Copies() (ingress, egress bool) {
+	d := m.Dir()
+	return d != MirrorEgress, d != MirrorIngress
+}
+
 // masterOf is the bridge that interface name in ns is declared a port of
 // ("" for none).
 func (t *Topology) masterOf(ns, name string) string {
-	for _, l := range t.Links {
-		for _, e := range l.Endpoints {
-			if e.Namespace == ns && e.Name == name {
-				return e.Bridge
-			}
+	master := ""
+	t.eachPort(func(p port) {
+		if p.ns == ns && p.name == name {
+			master = p.bridge
 		}
-	}
-	for _, vl := range t.VLANs {
-		if vl.Namespace == ns && vl.Name == name {
-			return vl.Bridge
-		}
-	}
-	if u := t.Uplink; u != nil {
-		if u.Namespace == ns && u.Name == name && u.Mode == ModeBridge {
-			return u.Bridge
-		}
-		if p := u.Peer; p != nil && p.Namespace == ns && p.Name == name {
-			return p.Bridge
-		}
-	}
-	return ""
+	})
+	return master
 }
 
 // mirrors checks each port mirror: a unique name, declared ports and

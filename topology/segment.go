@@ -60,6 +60,42 @@ func (s *Segments) OfVLAN(ns, name string, vid int) string {
 	return s.tag.find(s.node(ifKey(ns, name), vid))
 }
 
+// port is an interface declared a port of a bridge in its namespace, with
+// its VLAN membership (nil for a VLAN sub-interface or the default).
+type port struct {
+	ns, name, bridge string
+	vlan             *PortVLAN
+}
+
+// eachPort calls fn for every declared bridge port: link ends, the uplink's
+// peer and the uplink itself in bridge mode, VLAN sub-interfaces.
+func (t *Topology) eachPort(fn func(p port)) {
+	each := func(e Endpoint) {
+		if e.Bridge != "" {
+			fn(port{e.Namespace, e.Name, e.Bridge, e.VLAN})
+		}
+	}
+	for _, l := range t.Links {
+		if len(l.Endpoints) == 2 {
+			each(l.Endpoints[0])
+			each(l.Endpoints[1])
+		}
+	}
+	if u := t.Uplink; u != nil && u.Mode != ModeIsolated {
+		if u.Peer != nil {
+			each(*u.Peer)
+		}
+		if u.Mode == ModeBridge && u.Bridge != "" {
+			fn(port{u.Namespace, u.Name, u.Bridge, u.VLAN})
+		}
+	}
+	for _, v := range t.VLANs {
+		if v.Bridge != "" {
+			fn(port{v.Namespace, v.Name, v.Bridge, nil})
+		}
+	}
+}
+
 // Segments computes the L2 segments of the topology.
 func (t *Topology) Segments() *Segments {
 	s := &Segments{wire: newUnionFind(), tag: newUnionFind()}
@@ -69,41 +105,18 @@ func (t *Topology) Segments() *Segments {
 		}
 		return nil
 	}
-	type port struct {
-		ns, name, bridge string
-		vlan             *PortVLAN
+	for _, l := range t.Links {
+		if len(l.Endpoints) == 2 {
+			a, b := l.Endpoints[0], l.Endpoints[1]
+			s.wire.union(ifKey(a.Namespace, a.Name), ifKey(b.Namespace, b.Name))
+		}
+	}
+	if u := t.Uplink; u != nil && u.Mode != ModeIsolated && u.Peer != nil {
+		s.wire.union(ifKey(u.Namespace, u.Name), ifKey(u.Peer.Namespace, u.Peer.Name))
 	}
 	var ports []port
-	var subifs []VLANInterface
-	each := func(e Endpoint) {
-		if e.Bridge != "" {
-			ports = append(ports, port{e.Namespace, e.Name, e.Bridge, e.VLAN})
-		}
-	}
-	for _, l := range t.Links {
-		if len(l.Endpoints) != 2 {
-			continue
-		}
-		a, b := l.Endpoints[0], l.Endpoints[1]
-		s.wire.union(ifKey(a.Namespace, a.Name), ifKey(b.Namespace, b.Name))
-		each(a)
-		each(b)
-	}
-	if u := t.Uplink; u != nil && u.Mode != ModeIsolated {
-		if u.Peer != nil {
-			s.wire.union(ifKey(u.Namespace, u.Name), ifKey(u.Peer.Namespace, u.Peer.Name))
-			each(*u.Peer)
-		}
-		if u.Mode == ModeBridge && u.Bridge != "" {
-			ports = append(ports, port{u.Namespace, u.Name, u.Bridge, u.VLAN})
-		}
-	}
-	for _, v := range t.VLANs {
-		subifs = append(subifs, v)
-		if v.Bridge != "" {
-			ports = append(ports, port{v.Namespace, v.Name, v.Bridge, nil})
-		}
-	}
+	t.eachPort(func(p port) { ports = append(ports, p) })
+	subifs := t.VLANs
 	// Pass 1: bridges that do not filter VLANs pass every tag.
 	for _, p := range ports {
 		if filtering(p.ns, p.bridge) == nil {

@@ -34,9 +34,16 @@ func newVM(g *globals) *cobra.Command {
 }
 
 func newVMList(g *globals) *cobra.Command {
+	return vmReport(g, "list", "List the VMs: state (running, stopped, crashed), accelerator, pid, QEMU RSS, addresses",
+		func(r *lab.VMStatusReport) any { return r.VMs }, printVMs)
+}
+
+// vmReport is a command that prints a part of lab.VMStatus's report: its
+// JSON (part) with -o json, a table (print) otherwise.
+func vmReport(g *globals, use, short string, part func(r *lab.VMStatusReport) any, print func(w io.Writer, r *lab.VMStatusReport)) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the VMs: state (running, stopped, crashed), accelerator, pid, QEMU RSS, addresses",
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t, err := g.load()
@@ -48,9 +55,9 @@ func newVMList(g *globals) *cobra.Command {
 				return err
 			}
 			if g.output == "json" {
-				return g.json(r.VMs)
+				return g.json(part(r))
 			}
-			printVMs(g.stdout, r)
+			print(g.stdout, r)
 			return nil
 		},
 	}
@@ -172,29 +179,8 @@ func newDHCP(g *globals) *cobra.Command {
 		Use:   "dhcp",
 		Short: "The network's DHCP service",
 	}
-	leases := &cobra.Command{
-		Use:   "leases",
-		Short: "List the DHCP leases of every server of the network",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			t, err := g.load()
-			if err != nil {
-				return err
-			}
-			r, err := lab.VMStatus(cmd.Context(), t, g.opts()...)
-			if err != nil {
-				return err
-			}
-			if g.output == "json" {
-				return g.json(r.DHCP)
-			}
-			printLeases(g.stdout, r)
-			return nil
-		},
-	}
-	leases.PreRunE = requireRoot
-	g.outputFlag(leases, "table", "table", "json")
-	cmd.AddCommand(leases)
+	cmd.AddCommand(vmReport(g, "leases", "List the DHCP leases of every server of the network",
+		func(r *lab.VMStatusReport) any { return r.DHCP }, printLeases))
 	return cmd
 }
 

@@ -22,11 +22,12 @@ func (d *diag) checkMirrors() {
 			continue // checkPresence reports the namespace
 		}
 		var dirs []string
-		switch m.Dir() {
-		case topology.MirrorIngress, topology.MirrorEgress:
-			dirs = []string{m.Dir()}
-		default:
-			dirs = []string{topology.MirrorIngress, topology.MirrorEgress}
+		in, eg := m.Copies()
+		if in {
+			dirs = append(dirs, topology.MirrorIngress)
+		}
+		if eg {
+			dirs = append(dirs, topology.MirrorEgress)
 		}
 		dest := ns.Interface(m.To)
 		for _, p := range m.Ports {

@@ -44,10 +44,10 @@ func mirrors(t *topology.Topology, s *State) {
 		if ns == nil {
 			continue
 		}
-		dir := m.Dir()
+		in, eg := m.Copies()
 		for _, p := range m.Ports {
 			if l := ns.Links[p]; l != nil {
-				l.Mirror = &Mirror{To: m.To, Ingress: dir != topology.MirrorEgress, Egress: dir != topology.MirrorIngress}
+				l.Mirror = &Mirror{To: m.To, Ingress: in, Egress: eg}
 			}
 		}
 	}

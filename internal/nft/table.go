@@ -854,6 +854,7 @@ func compileGuard(g model.PortGuard) ([]ruleIR, error) {
 		macs = append(macs, hw.String())
 	}
 	var v4, v6 []string
+	var own6 []netip.Addr // the port's IPv6 addresses
 	for _, ip := range g.IPs {
 		switch {
 		case !ip.IsValid():
@@ -862,6 +863,7 @@ func compileGuard(g model.PortGuard) ([]ruleIR, error) {
 			v4 = append(v4, ip.Unmap().String())
 		default:
 			v6 = append(v6, ip.String())
+			own6 = append(own6, ip)
 		}
 	}
 	etherType := func(t uint16) stmt {
@@ -914,16 +916,11 @@ func compileGuard(g model.PortGuard) ([]ruleIR, error) {
 		// Neighbour advertisements (which any source may send, from its
 		// link-local address) only for the port's own addresses: its
 		// IPv6 addresses and the EUI-64 link-local of each of its MACs.
-		targets := slices.Clone(g.IPs)
+		targets, names := own6, slices.Clone(v6)
 		for _, m := range macs {
 			hw, _ := net.ParseMAC(m)
-			targets = append(targets, eui64LinkLocal(hw))
-		}
-		var names []string
-		for _, a := range targets {
-			if a.Is6() && !a.Is4In6() {
-				names = append(names, a.String())
-			}
+			ll := eui64LinkLocal(hw)
+			targets, names = append(targets, ll), append(names, ll.String())
 		}
 		rule("IPv6 neighbour advertisement for a target not "+strings.Join(names, ","),
 			metaProto(unix.ETH_P_IPV6, "ip6"), icmpv6Type(ndNeighborAdvert), matchIPv6Raw(payload(expr.PayloadBaseTransportHeader, 8, 16), "@th,64,128", targets))
@@ -980,20 +977,17 @@ func icmpv6Type(t byte) stmt {
 		payload(expr.PayloadBaseTransportHeader, 0, 1), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{t}})}
 }
 
-// matchIPv6Raw matches a raw 16-byte field that is none of addrs (nft has
-// no name for the ND target in this version: `@th,64,128 != { 0x... }`).
+// matchIPv6Raw matches a raw 16-byte field that is none of the IPv6
+// addresses addrs (nft has no name for the ND target in this version:
+// `@th,64,128 != { 0x... }`).
 func matchIPv6Raw(load *expr.Payload, word string, addrs []netip.Addr) stmt {
 	var keys [][]byte
-	seen := map[netip.Addr]bool{}
 	for _, a := range addrs {
-		if !a.Is6() || a.Is4In6() || seen[a] {
-			continue
-		}
-		seen[a] = true
 		b := a.As16()
 		keys = append(keys, b[:])
 	}
 	slices.SortFunc(keys, bytes.Compare)
+	keys = slices.CompactFunc(keys, bytes.Equal)
 	texts := make([]string, len(keys))
 	for i, k := range keys {
 		texts[i] = "0x" + hex.EncodeToString(k)

@@ -95,9 +95,12 @@ func one(name string, want *model.Namespace, id string, deep Deep) (*model.Names
 	// that it still is, no IPv6 address or route can be there: leave the
 	// two IPv6 dumps out. Like the trusted sysctls themselves, --deep (and
 	// status) reads them anyway.
+	var sysctlHash string // what the mark must say for the sysctls to be trusted
+	if want != nil {
+		sysctlHash = model.SysctlHash(want.Sysctls)
+	}
 	if !deep && want != nil && want.Sysctls[model.SysctlIPv6DisableAll] == "1" && want.Sysctls[model.SysctlIPv6DisableDefault] == "1" {
-		hash := model.SysctlHash(want.Sysctls)
-		r.SkipIPv6(func(o *model.Namespace) bool { return o.Owner == id && o.Marks[model.AspectSysctl] == hash })
+		r.SkipIPv6(func(o *model.Namespace) bool { return o.Owner == id && o.Marks[model.AspectSysctl] == sysctlHash })
 	}
 	obs, err := r.Observe()
 	r.Close()
@@ -105,7 +108,7 @@ func one(name string, want *model.Namespace, id string, deep Deep) (*model.Names
 		return nil, err
 	}
 	if obs.Owner == id && want != nil && len(want.Sysctls) > 0 {
-		if !deep && obs.Marks[model.AspectSysctl] == model.SysctlHash(want.Sysctls) {
+		if !deep && obs.Marks[model.AspectSysctl] == sysctlHash {
 			// Trust the mark: it records exactly the desired sysctls.
 			obs.Sysctls = maps.Clone(want.Sysctls)
 		} else if err := netns.Do(ns, func() (err error) {

@@ -52,10 +52,15 @@ func readMirror(h *netlink.Handle, l netlink.Link) (*mirrorState, error) {
 	if !st.clsact {
 		return st, nil
 	}
+	return st, st.readFilters(h, l)
+}
+
+// readFilters reads kvmnet's mirror filters on l's clsact qdisc into st.
+func (st *mirrorState) readFilters(h *netlink.Handle, l netlink.Link) error {
 	for i, parent := range sides {
 		fs, err := h.FilterList(l, parent)
 		if err != nil {
-			return nil, fmt.Errorf("list clsact filters: %w", err)
+			return fmt.Errorf("list clsact filters: %w", err)
 		}
 		for _, f := range fs {
 			if f.Attrs().Priority != MirrorPref {
@@ -75,7 +80,7 @@ func readMirror(h *netlink.Handle, l netlink.Link) (*mirrorState, error) {
 			}
 		}
 	}
-	return st, nil
+	return nil
 }
 
 // mirror turns a state into the model: nil when kvmnet mirrors nothing.
@@ -125,10 +130,11 @@ type MirrorSide struct {
 }
 
 // MirrorSides returns kvmnet's mirror filters on l (through h, bound to
-// l's namespace), for status and diagnosis.
+// l's namespace), for status and diagnosis. The caller has found a clsact
+// qdisc on l (one qdisc dump serves every link of the namespace).
 func MirrorSides(h *netlink.Handle, l netlink.Link) ([]MirrorSide, error) {
-	st, err := readMirror(h, l)
-	if err != nil {
+	st := &mirrorState{clsact: true}
+	if err := st.readFilters(h, l); err != nil {
 		return nil, err
 	}
 	var out []MirrorSide
