@@ -60,6 +60,16 @@ type validator struct {
 	c *errs
 	// ifaces[ns][name] = field of the declaration, for duplicate detection.
 	ifaces map[string]map[string]string
+	seg    *Segments // the topology's segments, computed once (segments)
+}
+
+// segments returns the topology's L2 segments, computed on first use:
+// several checks need them, and validation changes no link or port.
+func (v *validator) segments() *Segments {
+	if v.seg == nil {
+		v.seg = v.t.Segments()
+	}
+	return v.seg
 }
 
 func (v *validator) network() {
@@ -477,7 +487,7 @@ func (v *validator) addresses() {
 		decls = append(decls, addrDecl{ns: ns, iface: iface, field: f, prefix: p})
 	})
 
-	seg := v.t.Segments()
+	seg := v.segments()
 	seenIP := map[netip.Addr]addrDecl{}
 	// One entry per distinct (subnet, segment) pair: comparing each address
 	// with these, not with every earlier address, keeps this linear in the
@@ -572,7 +582,7 @@ func (v *validator) routes() {
 			ports[e.Namespace][e.Name] = e.Bridge
 		}
 	})
-	seg := v.t.Segments()
+	seg := v.segments()
 	// A segment that a real NIC joins reaches hosts kvmnet does not know.
 	external := map[string]bool{}
 	if u := v.t.Uplink; u != nil && u.Mode != ModeIsolated && u.Device != "" {
@@ -752,7 +762,7 @@ func (v *validator) eachEndpoint(fn func(e Endpoint, f string)) {
 // frame only if it fits the egress port, and sends no ICMP when it drops one,
 // so a mismatch is a silent black hole for large packets.
 func (v *validator) segmentMTUs() {
-	seg := v.t.Segments()
+	seg := v.segments()
 	type first struct {
 		mtu   int
 		field string

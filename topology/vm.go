@@ -306,7 +306,7 @@ func (v *validator) vms() {
 		return
 	}
 	t.deriveVMMACs()
-	seg := t.Segments()
+	seg := v.segments()
 	type decl struct {
 		ns, iface, field string
 		p                netip.Prefix

@@ -31,20 +31,48 @@ var (
 
 // NS is an open network namespace: a file descriptor to /run/netns/NAME or to
 // a thread's namespace.
+//
+// The descriptor is a plain one, not an *os.File: an nsfs file cannot join
+// Go's poller, and opening one through os costs a failed epoll_ctl and a
+// cleanup registration, which a no-op pays once per namespace.
 type NS struct {
 	Name string
-	f    *os.File
+	fd   int // -1 once closed
 }
 
 // Fd returns the namespace's file descriptor for fd-targeted APIs.
-func (n *NS) Fd() int { return int(n.f.Fd()) }
+func (n *NS) Fd() int { return n.fd }
 
 // Close releases the descriptor; the namespace itself stays.
 func (n *NS) Close() error {
-	if n == nil || n.f == nil {
+	if n == nil || n.fd < 0 {
 		return nil
 	}
-	return n.f.Close()
+	fd := n.fd
+	n.fd = -1
+	return unix.Close(fd)
+}
+
+// openNS opens path as a namespace named name, checking that it is one
+// (a name under /run/netns that is not, or no longer, a namespace mount is a
+// plain file: ErrNotFound, as Exists says).
+func openNS(name, path string) (*NS, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	for err == unix.EINTR {
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
+	if err == unix.ENOENT {
+		return nil, fmt.Errorf("open namespace %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %q: %w", name, &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil || st.Type != unix.NSFS_MAGIC {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open namespace %q: %w", name, ErrNotFound)
+	}
+	return &NS{Name: name, fd: fd}, nil
 }
 
 // Path is the bind-mount path of the named namespace.
@@ -151,23 +179,7 @@ func Create(name string) (*NS, error) {
 }
 
 // Open opens an existing named namespace.
-func Open(name string) (*NS, error) {
-	f, err := os.Open(Path(name))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("open namespace %q: %w", name, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open namespace %q: %w", name, err)
-	}
-	// A name under /run/netns that is not (or no longer) a namespace mount
-	// is a plain file: not found, as Exists says.
-	var st unix.Statfs_t
-	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || st.Type != unix.NSFS_MAGIC {
-		f.Close()
-		return nil, fmt.Errorf("open namespace %q: %w", name, ErrNotFound)
-	}
-	return &NS{Name: name, f: f}, nil
-}
+func Open(name string) (*NS, error) { return openNS(name, Path(name)) }
 
 // Delete removes a named namespace: it unmounts and removes /run/netns/NAME.
 // The kernel then destroys the namespace and its devices asynchronously, once
@@ -332,9 +344,9 @@ func Initial() (*NS, error) {
 	if initialErr != nil {
 		return nil, fmt.Errorf("open the initial namespace: %w", initialErr)
 	}
-	f, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", initial.Fd()))
+	ns, err := openNS("root", fmt.Sprintf("/proc/self/fd/%d", initial.Fd()))
 	if err != nil {
 		return nil, fmt.Errorf("open the initial namespace: %w", err)
 	}
-	return &NS{Name: "root", f: f}, nil
+	return ns, nil
 }

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/kvmnet/kvmnet/internal/link"
 	"github.com/kvmnet/kvmnet/internal/model"
@@ -44,13 +45,16 @@ func Network(desired *model.State, scanPrefix string, deep Deep) (*model.State, 
 	var mu sync.Mutex
 	var errs []error
 	// Long-lived workers: their stacks grow once, not once per namespace.
-	work := make(chan string)
+	// They take the next name by an atomic index, not from a channel:
+	// each channel hand-off would wake a sleeping thread.
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(Workers, len(todo)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for name := range work {
+			for i := next.Add(1) - 1; i < int64(len(todo)); i = next.Add(1) - 1 {
+				name := todo[i]
 				ns, err := one(name, desired.Namespaces[name], id, deep)
 				mu.Lock()
 				switch {
@@ -64,10 +68,6 @@ func Network(desired *model.State, scanPrefix string, deep Deep) (*model.State, 
 			}
 		}()
 	}
-	for _, n := range todo {
-		work <- n
-	}
-	close(work)
 	wg.Wait()
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
