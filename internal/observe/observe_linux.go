@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,12 @@ func Network(desired *model.State, scanPrefix string, deep Deep) (*model.State, 
 			todo = append(todo, n)
 		}
 	}
+	// Largest first (by the links the desired state gives them), so that a
+	// namespace with hundreds of bridge ports is not the last one read while
+	// the other workers have finished.
+	slices.SortStableFunc(todo, func(a, b string) int {
+		return linkCount(desired.Namespaces[b]) - linkCount(desired.Namespaces[a])
+	})
 	out := &model.State{Network: id, Namespaces: map[string]*model.Namespace{}}
 	var mu sync.Mutex
 	var errs []error
@@ -73,6 +80,13 @@ func Network(desired *model.State, scanPrefix string, deep Deep) (*model.State, 
 		return nil, errors.Join(errs...)
 	}
 	return out, nil
+}
+
+func linkCount(ns *model.Namespace) int {
+	if ns == nil {
+		return 0
+	}
+	return len(ns.Links)
 }
 
 // one reads a single namespace; it returns nil for one that is neither

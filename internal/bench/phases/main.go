@@ -54,7 +54,7 @@ func main() {
 	times := map[string][]time.Duration{}
 	cpus := map[string][]time.Duration{}
 	timed := func(name string, f func() error) {
-		needs := map[string]bool{"load": true, "desired": true, *only: true, "observe": *only == "diff"}
+		needs := map[string]bool{"load": true, "desired": true, *only: true, "observe": *only == "diff" || *only == "observe"}
 		if *only != "" && !needs[name] {
 			return
 		}
