@@ -35,6 +35,7 @@ type options struct {
 	deep        bool
 	beforeStep  func(plan.Step) error
 	vm          vmOptions // VMs and DHCP (vms_linux.go)
+	early       *Early
 }
 
 // WithLogger sets the logger (default: discard).
@@ -64,6 +65,35 @@ func build(opts []Option) *options {
 	}
 	return o
 }
+
+// Early is an observation of the kernel begun before the topology is loaded
+// (StartEarly): kvmnet up reads the namespaces while it parses and validates
+// the file, on the core that would otherwise idle.
+type Early struct {
+	obs *observe.Early
+	gen uint64 // the state directory's generation before the first read
+}
+
+// StartEarly begins observing the namespaces whose names start with prefix
+// (all of them when it is empty), for a network whose state is kept in
+// stateDir. Give it to Up with WithEarly, or Cancel it.
+func StartEarly(stateDir, prefix string) *Early {
+	gen := state.Generation(stateDir)
+	return &Early{obs: observe.Start(prefix), gen: gen}
+}
+
+// Cancel abandons the observation (a no-op once Up has used it).
+func (e *Early) Cancel() {
+	if e != nil {
+		e.obs.Cancel()
+	}
+}
+
+// WithEarly gives Up an observation begun by StartEarly. Up uses what it
+// read only if no kvmnet command held a network's lock in the state
+// directory since it began (state.Generation is unchanged once Up holds
+// its own lock): otherwise it observes afresh.
+func WithEarly(e *Early) Option { return func(o *options) { o.early = e } }
 
 // Result reports what a command did.
 type Result struct {
@@ -99,6 +129,7 @@ func Plan(ctx context.Context, t *topology.Topology, opts ...Option) ([]plan.Ste
 // rolls back if the network does not match (verify).
 func Up(ctx context.Context, t *topology.Topology, opts ...Option) (*Result, error) {
 	o := build(opts)
+	defer o.early.Cancel()
 	start := time.Now()
 	// VMs and DHCP (vms_linux.go): the per-VM bridges are part of the
 	// network; VMs no longer declared stop first; the supervisor and the
@@ -151,7 +182,7 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 	if faults, _ := readFaults(store); len(faults) > 0 && verb == "up" {
 		o.deep = true
 	}
-	observed, err := observe.Network(desired, prefix, observe.Deep(o.deep))
+	observed, err := o.observe(verb, desired, prefix)
 	if err != nil {
 		return nil, err
 	}
@@ -236,6 +267,19 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 		return res, err
 	}
 	return res, err
+}
+
+// observe reads the network for run, which holds its lock: through the early
+// observation when up has one and no kvmnet command has held a lock in the
+// state directory since it began, afresh otherwise.
+func (o *options) observe(verb string, desired *model.State, prefix string) (*model.State, error) {
+	e := o.early
+	o.early = nil
+	if e != nil && verb == "up" && state.Generation(o.stateDir) == e.gen {
+		return e.obs.Finish(desired, prefix, observe.Deep(o.deep))
+	}
+	e.Cancel()
+	return observe.Network(desired, prefix, observe.Deep(o.deep))
 }
 
 // ForeignError says a namespace about to be deleted holds interfaces kvmnet

@@ -3,8 +3,10 @@ package link
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,10 +67,34 @@ func NewReaderHere(ns *netns.NS) (*Reader, error) {
 // Observe is Conn.Observe.
 func (x *Reader) Observe() (*model.Namespace, error) { return x.r.observe() }
 
-// SkipIPv6, when set, is asked after the link dump (with the namespace's
-// owner and marks read) whether the IPv6 address and route dumps can be
-// left out: the caller knows IPv6 is off there (see observe.one).
-func (x *Reader) SkipIPv6(f func(ns *model.Namespace) bool) { x.r.skipV6 = f }
+// ObserveIPv4 reads the links, the IPv4 addresses and the IPv4 routes: all
+// of the namespace where IPv6 is off. AddIPv6 adds the rest.
+func (x *Reader) ObserveIPv4() (*model.Namespace, error) {
+	return retry(func() (*model.Namespace, error) {
+		ns, byIndex, err := x.r.links()
+		if err != nil {
+			return nil, err
+		}
+		return ns, x.r.inet(ns, byIndex, unix.AF_INET)
+	})
+}
+
+// AddIPv6 adds the IPv6 addresses and routes to ns, as ObserveIPv4 read it
+// on this Reader.
+func (x *Reader) AddIPv6(ns *model.Namespace) error {
+	byIndex := make(map[int]*model.Link, len(ns.Links))
+	for _, l := range ns.Links {
+		byIndex[l.Index] = l
+	}
+	_, err := retry(func() (*model.Namespace, error) {
+		for _, l := range ns.Links {
+			l.Addrs = slices.DeleteFunc(l.Addrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
+		}
+		maps.DeleteFunc(ns.Routes, func(_ string, r *model.Route) bool { return r.Dst.Addr().Is6() })
+		return ns, x.r.inet(ns, byIndex, unix.AF_INET6)
+	})
+	return err
+}
 
 // Close closes the socket.
 func (x *Reader) Close() { unix.Close(x.r.fd) }
@@ -83,8 +109,6 @@ type reader struct {
 	strict bool
 	// vlans dumps the bridge port VLANs (through the library).
 	vlans func() (map[int32][]*nl.BridgeVlanInfo, error)
-	// skipV6 (optional) says whether to leave out the IPv6 dumps.
-	skipV6 func(ns *model.Namespace) bool
 }
 
 // reader reads through the Conn's socket, locked until done is called.
@@ -96,14 +120,24 @@ func (c *Conn) reader() (r *reader, done func()) {
 }
 
 func (r *reader) observe() (*model.Namespace, error) {
+	return retry(func() (*model.Namespace, error) {
+		ns, byIndex, err := r.links()
+		if err != nil {
+			return nil, err
+		}
+		return ns, r.inet(ns, byIndex, unix.AF_INET, unix.AF_INET6)
+	})
+}
+
+// retry runs read again when a dump was interrupted by a concurrent change
+// (NLM_F_DUMP_INTR): it may have missed objects.
+func retry(read func() (*model.Namespace, error)) (*model.Namespace, error) {
 	var (
 		ns  *model.Namespace
 		err error
 	)
-	// A dump interrupted by a concurrent change (NLM_F_DUMP_INTR) may have
-	// missed objects: read the whole namespace again.
 	for range 4 {
-		if ns, err = r.read(); !errors.Is(err, errDumpInterrupted) {
+		if ns, err = read(); !errors.Is(err, errDumpInterrupted) {
 			break
 		}
 	}
@@ -112,7 +146,9 @@ func (r *reader) observe() (*model.Namespace, error) {
 
 var errDumpInterrupted = errors.New("netlink dump interrupted by a concurrent change")
 
-func (r *reader) read() (*model.Namespace, error) {
+// links reads the links (and lo's mark) into a new model.Namespace, with
+// the links by ifindex.
+func (r *reader) links() (*model.Namespace, map[int]*model.Link, error) {
 	ns := &model.Namespace{Name: r.name, Links: map[string]*model.Link{}, Routes: map[string]*model.Route{}, Sysctls: map[string]string{}}
 	byIndex := map[int]*model.Link{}
 	masters := map[*model.Link]int{}
@@ -198,7 +234,7 @@ func (r *reader) read() (*model.Namespace, error) {
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list links in namespace %q: %w", r.name, translate(err))
+		return nil, nil, fmt.Errorf("list links in namespace %q: %w", r.name, translate(err))
 	}
 	for l, mi := range masters {
 		if m := byIndex[mi]; m != nil {
@@ -220,7 +256,7 @@ func (r *reader) read() (*model.Namespace, error) {
 	if filtering {
 		all, err := r.vlans()
 		if err != nil {
-			return nil, fmt.Errorf("list bridge VLANs in namespace %q: %w", r.name, translate(err))
+			return nil, nil, fmt.Errorf("list bridge VLANs in namespace %q: %w", r.name, translate(err))
 		}
 		for _, l := range ns.Links {
 			if m := ns.Links[l.Master]; m != nil && m.Bridge != nil && m.Bridge.VLANFiltering {
@@ -228,11 +264,13 @@ func (r *reader) read() (*model.Namespace, error) {
 			}
 		}
 	}
-	families := []byte{unix.AF_INET, unix.AF_INET6}
-	if r.skipV6 != nil && r.skipV6(ns) {
-		families = families[:1]
-	}
-	err = r.dumpInet(unix.RTM_GETADDR, unix.SizeofIfAddrmsg, families, func(typ uint16, b []byte) {
+	return ns, byIndex, nil
+}
+
+// inet reads the addresses and the kvmnet routes of families into ns, whose
+// links byIndex has by ifindex.
+func (r *reader) inet(ns *model.Namespace, byIndex map[int]*model.Link, families ...byte) error {
+	err := r.dumpInet(unix.RTM_GETADDR, unix.SizeofIfAddrmsg, families, func(typ uint16, b []byte) {
 		if typ != unix.RTM_NEWADDR || len(b) < unix.SizeofIfAddrmsg {
 			return
 		}
@@ -275,7 +313,7 @@ func (r *reader) read() (*model.Namespace, error) {
 		l.Addrs = append(l.Addrs, netip.PrefixFrom(ip, bits))
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list addresses in namespace %q: %w", r.name, translate(err))
+		return fmt.Errorf("list addresses in namespace %q: %w", r.name, translate(err))
 	}
 	for _, l := range ns.Links {
 		model.SortPrefixes(l.Addrs)
@@ -323,9 +361,9 @@ func (r *reader) read() (*model.Namespace, error) {
 		ns.Routes[mr.Key()] = mr
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list routes in namespace %q: %w", r.name, translate(err))
+		return fmt.Errorf("list routes in namespace %q: %w", r.name, translate(err))
 	}
-	return ns, nil
+	return nil
 }
 
 // dumpInet dumps typ for each of families in turn: a request per family, because the

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -23,6 +25,7 @@ const DefaultDir = "/var/lib/kvmnet"
 type Store struct {
 	Dir     string // DefaultDir/<network>
 	Network string
+	base    string
 	lock    *os.File
 	journal *os.File
 	buf     *bufio.Writer
@@ -37,7 +40,7 @@ func Open(base, network string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	return &Store{Dir: dir, Network: network}, nil
+	return &Store{Dir: dir, Network: network, base: base}, nil
 }
 
 // Lock takes the network's exclusive lock, waiting up to timeout for another
@@ -98,15 +101,62 @@ func (s *Store) Record(e Entry) error {
 // JournalPath is the journal file's path.
 func (s *Store) JournalPath() string { return filepath.Join(s.Dir, "journal.jsonl") }
 
-// Close releases the lock and the journal.
+// Close releases the lock and the journal. A store that held the lock
+// counts one more generation (see Generation) before letting go.
 func (s *Store) Close() error {
 	if s.journal != nil {
 		s.buf.Flush()
 		s.journal.Close()
 	}
 	if s.lock != nil {
+		bump(s.base)
 		unix.Flock(int(s.lock.Fd()), unix.LOCK_UN)
 		s.lock.Close()
 	}
 	return nil
+}
+
+// Generation returns the change counter of the state directory base: every
+// command that has held a network's lock there (and so may have changed its
+// network) adds one as it releases the lock. A command that reads the kernel
+// before it knows which network it is about to lock (kvmnet up observes while
+// the topology loads) compares the generation from before its reads with the
+// one once it holds the lock: equal, no kvmnet command can have changed a
+// network in between. Missing or unreadable, the generation is 0.
+func Generation(base string) uint64 {
+	b, err := os.ReadFile(generationPath(base))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+func generationPath(base string) string {
+	if base == "" {
+		base = DefaultDir
+	}
+	return filepath.Join(base, "generation")
+}
+
+// bump adds one to the generation of base, under a lock of its own (the
+// networks' locks are separate). It cannot fail where the network's lock
+// could be taken, short of a full disk: the file is small and in the same
+// directory tree, written in place.
+func bump(base string) {
+	f, err := os.OpenFile(generationPath(base), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX) != nil {
+		return
+	}
+	b := make([]byte, 32)
+	n, _ := f.ReadAt(b, 0)
+	g, _ := strconv.ParseUint(strings.TrimSpace(string(b[:n])), 10, 64)
+	out := strconv.AppendUint(nil, g+1, 10)
+	if _, err := f.WriteAt(append(out, '\n'), 0); err == nil {
+		f.Truncate(int64(len(out) + 1))
+	}
 }
