@@ -25,7 +25,9 @@ per change until interrupted (or --duration): "type" is link, fdb, neigh, addr o
 route, "action" new or del. Address events carry "address" (10.0.0.1/24) and
 "family"; route events "dst" (a prefix or default), "via", "interface", "protocol",
 "table", "metric", "scope" and "kind" when not unicast (the local table's routes are
-left out, as ip route leaves them out). An FDB event whose MAC was last learned on another
+left out, as ip route leaves them out). IPv4 routes the kernel flushes without a
+notification (their interface went down or was deleted, or lost the address they went
+through) are reported as route del events with a "reason". An FDB event whose MAC was last learned on another
 port of the same bridge carries "moved_from": a MAC moving between ports (a migrated VM,
 a duplicate MAC, or a loop when it flaps).`,
 		Args: cobra.NoArgs,

@@ -45,20 +45,11 @@ func TestEventsFlagAMACMovingBetweenPorts(t *testing.T) {
 	if code, out, stderr := run(t, append([]string{"up"}, common...)...); code != 0 {
 		t.Fatalf("up: %s %s", out, stderr)
 	}
-	var out bytes.Buffer
-	root, g := Entrypoint(&out, io.Discard)
-	root.SetArgs(append([]string{"events"}, common...))
-	_ = root.ParseFlags(append([]string{"events"}, common...))
 	topo, err := topology.Load(file, topology.WithPrefix(prefix))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	buf := &lockedBuffer{}
-	g.stdout = buf
-	go func() { done <- streamEvents(ctx, g, topo) }()
-	time.Sleep(300 * time.Millisecond) // subscribed
+	stop := watchEvents(t, common, topo)
 	pingFrom := func(ns string) {
 		testutil.Try("ip", "netns", "exec", prefix+ns, "ping", "-c", "1", "-W", "1", "192.168.1.1")
 	}
@@ -67,12 +58,9 @@ func TestEventsFlagAMACMovingBetweenPorts(t *testing.T) {
 	pingFrom("vm2")
 	testutil.Run(t, "ip", "-n", prefix+"vm1", "link", "set", "eth0", "down")
 	time.Sleep(300 * time.Millisecond)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("events: %v", err)
-	}
+	out := stop()
 	var moved, down, neigh bool
-	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 		var ev struct {
 			Namespace, Type, Action, Interface, MAC, IP, Bridge string
 			MovedFrom                                           string `json:"moved_from"`
@@ -91,7 +79,7 @@ func TestEventsFlagAMACMovingBetweenPorts(t *testing.T) {
 		}
 	}
 	if !moved || !down || !neigh {
-		t.Fatalf("events: moved %v, link down %v, neighbour %v:\n%s", moved, down, neigh, buf.String())
+		t.Fatalf("events: moved %v, link down %v, neighbour %v:\n%s", moved, down, neigh, out)
 	}
 }
 

@@ -76,6 +76,9 @@ func (w *watcher) addrEvent(typ uint16, data []byte) []Event {
 	if typ == unix.RTM_DELADDR {
 		ev.Action = "del"
 		delete(w.addrs, key)
+		if p.Addr().Is4() {
+			return append([]Event{ev}, w.flushedRoutes("address "+p.String()+" was removed from "+ev.Interface)...)
+		}
 		return []Event{ev}
 	}
 	if w.addrs[key] {

@@ -57,6 +57,11 @@ type Event struct {
 	Metric   int    `json:"metric,omitempty"`
 	Scope    string `json:"scope,omitempty"`
 	Kind     string `json:"kind,omitempty"`
+	// Reason says why the kernel deleted a route without announcing it
+	// (an IPv4 route flushed because its interface went down, was deleted,
+	// or lost the address the route depended on): such a route del event
+	// is kvmnet's, from a dump after that change.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Watch subscribes to link, neighbour (including bridge FDB), address and
@@ -74,6 +79,7 @@ func Watch(ctx context.Context, names []string, out chan<- Event) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer w.nsfd.Close()
 			defer w.sock.Close()
 			errc <- w.run(ctx, out)
 		}()
@@ -91,11 +97,17 @@ func Watch(ctx context.Context, names []string, out chan<- Event) error {
 
 type watcher struct {
 	ns    string
+	nsfd  *netns.NS // open for the watcher's life (route dumps)
 	sock  *nl.NetlinkSocket
 	names map[int]string    // ifindex -> name
 	links map[int]Event     // last link state, to report changes only
 	fdb   map[string]string // bridge|mac|vlan -> port
 	addrs map[string]bool   // ifindex|prefix of the addresses present
+	// routes holds the IPv4 routes present (routeKey), to find those the
+	// kernel flushes without a word (routeflush_linux.go); flushed, those
+	// reported so, whose late announcement is then not repeated.
+	routes  map[string]Event
+	flushed map[string]bool
 }
 
 func newWatcher(name string) (*watcher, error) {
@@ -103,8 +115,8 @@ func newWatcher(name string) (*watcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer ns.Close()
-	w := &watcher{ns: name, names: map[int]string{}, links: map[int]Event{}, fdb: map[string]string{}, addrs: map[string]bool{}}
+	w := &watcher{ns: name, nsfd: ns, names: map[int]string{}, links: map[int]Event{}, fdb: map[string]string{}, addrs: map[string]bool{},
+		routes: map[string]Event{}, flushed: map[string]bool{}}
 	var links []netlink.Link
 	var fdb []netlink.Neigh
 	var addrs []netlink.Addr
@@ -133,6 +145,7 @@ func newWatcher(name string) (*watcher, error) {
 		if w.sock != nil {
 			w.sock.Close()
 		}
+		ns.Close()
 		return nil, fmt.Errorf("watch namespace %q: %w", name, err)
 	}
 	for _, l := range links {
@@ -153,9 +166,15 @@ func newWatcher(name string) (*watcher, error) {
 			w.addrs[addrKey(a.LinkIndex, p)] = true
 		}
 	}
+	if w.routes, err = w.ipv4Routes(); err != nil {
+		w.sock.Close()
+		ns.Close()
+		return nil, err
+	}
 	tv := unix.NsecToTimeval((300 * time.Millisecond).Nanoseconds())
 	if err := w.sock.SetReceiveTimeout(&tv); err != nil {
 		w.sock.Close()
+		ns.Close()
 		return nil, err
 	}
 	return w, nil
@@ -228,14 +247,18 @@ func (w *watcher) parse(typ uint16, data []byte) []Event {
 			ev := w.linkEvent(l, action)
 			delete(w.links, a.Index)
 			delete(w.names, a.Index)
-			return []Event{ev}
+			return append([]Event{ev}, w.flushedRoutes("interface "+a.Name+" was deleted")...)
 		}
 		w.names[a.Index] = a.Name
 		ev := w.linkEvent(l, action)
-		if old, ok := w.links[a.Index]; ok && same(old, ev) {
+		old, ok := w.links[a.Index]
+		if ok && same(old, ev) {
 			return nil // a statistics or attribute refresh, not a change
 		}
 		w.links[a.Index] = ev
+		if ok && *old.AdminUp && !*ev.AdminUp {
+			return append([]Event{ev}, w.flushedRoutes("interface "+a.Name+" went down")...)
+		}
 		return []Event{ev}
 	case unix.RTM_NEWNEIGH, unix.RTM_DELNEIGH:
 		e, err := netlink.NeighDeserialize(data)
@@ -278,7 +301,15 @@ func (w *watcher) parse(typ uint16, data []byte) []Event {
 	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
 		return w.addrEvent(typ, data)
 	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
-		return w.routeEvent(typ, data)
+		evs := w.routeEvent(typ, data)
+		for _, ev := range evs {
+			if k := routeKey(ev); ev.Action == "del" && w.flushed[k] {
+				delete(w.flushed, k)
+				return nil // reported when it was flushed
+			}
+			w.trackRoute(ev)
+		}
+		return evs
 	}
 	return nil
 }
