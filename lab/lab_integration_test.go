@@ -190,6 +190,31 @@ func prefixedNamespaces(t *testing.T, prefix string) []string {
 	return out
 }
 
+// syslogSocket points kvmnet's system log lines (internal/state) at a
+// socket of the test's own; the returned function reads what arrived.
+func syslogSocket(t *testing.T) func() []string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "log")
+	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	t.Setenv("KVMNET_SYSLOG", sock)
+	return func() []string {
+		var out []string
+		buf := make([]byte, 4096)
+		for {
+			l.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			n, err := l.Read(buf)
+			if err != nil {
+				return out
+			}
+			out = append(out, string(buf[:n]))
+		}
+	}
+}
+
 func rootLinks(t *testing.T) string {
 	t.Helper()
 	out := testutil.Run(t, "ip", "-o", "link", "show")
@@ -544,6 +569,7 @@ func TestRollbackOnInjectedFailure(t *testing.T) {
 		t.Run(fmt.Sprintf("step%d", at), func(t *testing.T) {
 			n := 0
 			boom := errors.New("injected failure")
+			logged := syslogSocket(t)
 			_, err := Up(context.Background(), topo, testOpts(t, withBeforeStep(func(s plan.Step) error {
 				n++
 				if n == at+1 {
@@ -559,6 +585,13 @@ func TestRollbackOnInjectedFailure(t *testing.T) {
 			}
 			if left := prefixedNamespaces(t, topo.Prefix); len(left) != 0 {
 				t.Fatalf("rollback left namespaces: %v", left)
+			}
+			// The system log has the failed step and the command's summary.
+			lines := strings.Join(logged(), "\n")
+			for _, want := range []string{"]: up " + topo.ID() + ": step failed: ", ": injected failure", "]: up " + topo.ID() + ": ", " steps journaled, 1 failed ("} {
+				if !strings.Contains(lines, want) {
+					t.Errorf("system log lacks %q:\n%s", want, lines)
+				}
 			}
 		})
 	}

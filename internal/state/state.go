@@ -1,6 +1,7 @@
 // Package state keeps kvmnet's on-disk records of a network: a lock that
-// serialises commands on one network, and the change journal (the audit
-// trail: one JSON line per kernel step, with its outcome). Ownership itself
+// serialises commands on one network, the change journal (the audit
+// trail: one JSON line per kernel step, with its outcome, summarised in the
+// system log: syslog.go), and the state directory's generation counter. Ownership itself
 // lives in the kernel (marks on links and namespaces), so a lost state
 // directory never makes kvmnet forget what it owns.
 package state
@@ -29,6 +30,10 @@ type Store struct {
 	lock    *os.File
 	journal *os.File
 	buf     *bufio.Writer
+	// What this command recorded, for the system log (syslog.go).
+	command  string
+	recorded int
+	failed   []sysLine
 }
 
 // Open creates (if needed) and opens the state directory of network under base.
@@ -90,6 +95,11 @@ func (s *Store) Record(e Entry) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
+	s.command = e.Command
+	s.recorded++
+	if e.Error != "" {
+		s.failed = append(s.failed, sysLine{sysErr, fmt.Sprintf("%s %s: step failed: %s: %s", e.Command, s.Network, e.Change, e.Error)})
+	}
 	b, err := json.Marshal(e)
 	if err != nil {
 		return err
@@ -101,12 +111,16 @@ func (s *Store) Record(e Entry) error {
 // JournalPath is the journal file's path.
 func (s *Store) JournalPath() string { return filepath.Join(s.Dir, "journal.jsonl") }
 
-// Close releases the lock and the journal. A store that held the lock
-// counts one more generation (see Generation) before letting go.
+// Close releases the lock and the journal. A store that journaled steps
+// says so in the system log (syslog.go); one that held the lock counts one
+// more generation (see Generation) before letting go.
 func (s *Store) Close() error {
 	if s.journal != nil {
 		s.buf.Flush()
 		s.journal.Close()
+		s.journal = nil
+		syslog(append(s.failed, sysLine{sysNotice, fmt.Sprintf("%s %s: %d steps journaled, %d failed (%s)",
+			s.command, s.Network, s.recorded, len(s.failed), s.JournalPath())}))
 	}
 	if s.lock != nil {
 		bump(s.base)
