@@ -119,7 +119,12 @@ func (s *Store) Close() error {
 		s.buf.Flush()
 		s.journal.Close()
 		s.journal = nil
-		syslog(append(s.failed, sysLine{sysNotice, fmt.Sprintf("%s %s: %d steps journaled, %d failed (%s)",
+		lines := s.failed
+		if len(lines) > maxSyslogFailures {
+			lines = append(lines[:maxSyslogFailures:maxSyslogFailures], sysLine{sysErr, fmt.Sprintf("%s %s: %d more steps failed (see the journal)",
+				s.command, s.Network, len(s.failed)-maxSyslogFailures)})
+		}
+		syslog(append(lines, sysLine{sysNotice, fmt.Sprintf("%s %s: %d steps journaled, %d failed (%s)",
 			s.command, s.Network, s.recorded, len(s.failed), s.JournalPath())}))
 	}
 	if s.lock != nil {

@@ -35,8 +35,13 @@ const (
 	sysNotice = 3*8 + 5
 )
 
-// maxSyslog bounds one line (syslog daemons take 1-2 KiB datagrams).
-const maxSyslog = 1024
+// maxSyslog bounds one line (syslog daemons take 1-2 KiB datagrams), and
+// maxSyslogFailures the failed steps told one by one (a rollback of a large
+// build may fail thousands of times for one cause).
+const (
+	maxSyslog         = 1024
+	maxSyslogFailures = 20
+)
 
 // syslog sends lines to the system log, best effort.
 func syslog(lines []sysLine) {
