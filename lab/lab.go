@@ -89,8 +89,8 @@ func (e *Early) Cancel() {
 	}
 }
 
-// WithEarly gives Up an observation begun by StartEarly. Up uses what it
-// read only if no kvmnet command held a network's lock in the state
+// WithEarly gives Up or Plan an observation begun by StartEarly. Up uses
+// what it read only if no kvmnet command held a network's lock in the state
 // directory since it began (state.Generation is unchanged once Up holds
 // its own lock): otherwise it observes afresh.
 func WithEarly(e *Early) Option { return func(o *options) { o.early = e } }
@@ -115,9 +115,21 @@ func (r *Result) Summary(verb string) string {
 }
 
 // Plan returns the steps Up would take, without changing anything.
+//
+// Plan takes no lock: an early observation (WithEarly) is as current as its
+// own would be, and is used as it is.
 func Plan(ctx context.Context, t *topology.Topology, opts ...Option) ([]plan.Step, error) {
+	o := build(opts)
+	defer o.early.Cancel()
 	desired := desiredState(t)
-	observed, err := observe.Network(desired, t.Prefix, observe.Deep(build(opts).deep))
+	var observed *model.State
+	var err error
+	if e := o.early; e != nil {
+		o.early = nil
+		observed, err = e.obs.Finish(desired, t.Prefix, observe.Deep(o.deep))
+	} else {
+		observed, err = observe.Network(desired, t.Prefix, observe.Deep(o.deep))
+	}
 	if err != nil {
 		return nil, err
 	}

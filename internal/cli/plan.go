@@ -15,11 +15,11 @@ func newPlan(g *globals) *cobra.Command {
 		Short: "Show what `up` would change, as text, JSON or an equivalent iproute2 shell script",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			t, err := g.load()
+			t, early, err := g.loadObserving()
 			if err != nil {
 				return err
 			}
-			steps, err := lab.Plan(cmd.Context(), t, g.opts()...)
+			steps, err := lab.Plan(cmd.Context(), t, append(g.opts(), lab.WithEarly(early))...)
 			if err != nil {
 				return err
 			}

@@ -135,6 +135,18 @@ func (g *globals) load() (*topology.Topology, error) {
 	return t, nil
 }
 
+// loadObserving is load with the kernel read meanwhile (lab.StartEarly):
+// the returned observation goes to lab.Up or lab.Plan (WithEarly).
+func (g *globals) loadObserving() (*topology.Topology, *lab.Early, error) {
+	early := lab.StartEarly(g.stateDir, g.prefix)
+	t, err := g.load()
+	if err != nil {
+		early.Cancel()
+		return nil, nil, err
+	}
+	return t, early, nil
+}
+
 func (g *globals) opts() []lab.Option {
 	return []lab.Option{lab.WithLogger(g.logger()), lab.WithStateDir(g.stateDir)}
 }

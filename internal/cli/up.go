@@ -16,11 +16,8 @@ func newUp(g *globals) *cobra.Command {
 		Short: "Build the network, or bring it to the declared state (no-op when it is already there)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// Read the kernel while the topology loads (lab.StartEarly).
-			early := lab.StartEarly(g.stateDir, g.prefix)
-			t, err := g.load()
+			t, early, err := g.loadObserving()
 			if err != nil {
-				early.Cancel()
 				return err
 			}
 			res, err := lab.Up(cmd.Context(), t, append(g.opts(), lab.WithMoveHostNIC(moveNIC), lab.WithDeep(deep), lab.WithEarly(early))...)
