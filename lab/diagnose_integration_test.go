@@ -86,6 +86,9 @@ func healthy(t *testing.T, src string) *topology.Topology {
 		if !p.Result.OK || p.Large == nil || !p.Large.OK {
 			t.Fatalf("healthy network: probe from %s to %s failed: %+v %+v", p.Node, p.Gateway, p.Result, p.Large)
 		}
+		if p.Loss == nil || p.Loss.Sent == 0 || p.Loss.Received != p.Loss.Sent {
+			t.Fatalf("healthy network: loss probe from %s to %s: %+v", p.Node, p.Gateway, p.Loss)
+		}
 	}
 	return topo
 }
@@ -712,5 +715,49 @@ func TestDiagnoseDHCPLeaseMissing(t *testing.T) {
 	rep = runDiagnose(t, topo, diagnose.Options{VMs: st.ForDiagnose()})
 	if !rep.OK || len(rep.Findings) != 0 {
 		t.Fatalf("diagnose after the fix found:\n%s", describe(rep))
+	}
+}
+
+// TestDiagnosePacketLoss: echo requests lost on the way to the gateway are
+// a packet-loss finding. First an nft rule in the gateway's namespace drops
+// 40% of the small echo requests (the first probe and the full-size DF
+// probe still pass); then, where the kernel has netem, a netem qdisc on
+// vm1's bridge port loses 40% of what goes to vm1: the finding sits at that
+// port, names the qdisc, and removing it (the fix) clears the finding.
+func TestDiagnosePacketLoss(t *testing.T) {
+	topo := healthy(t, twoVMs)
+	host, br := topo.NSName("host"), topo.NSName("bridge")
+	testutil.Run(t, "ip", "netns", "exec", host, "nft", "add table ip lossy; add chain ip lossy in { type filter hook input priority 0; }; "+
+		"add rule ip lossy in ip saddr 192.168.1.101 icmp type echo-request ip length 84 numgen random mod 10 < 4 counter drop")
+	rep := runDiagnose(t, topo, diagnose.Options{Node: "vm1"})
+	f := wantFinding(t, topo, rep, diagnose.CheckLoss, "vm1", "")
+	evidenceHas(t, f, "echo requests to 192.168.1.1 answered")
+	if !strings.Contains(f.Fix, "firewall drops") {
+		t.Errorf("fix without a qdisc to blame: %q", f.Fix)
+	}
+	wantFinding(t, topo, rep, diagnose.CheckFirewallDrop, "host", "")
+	testutil.Run(t, "ip", "netns", "exec", host, "nft", "delete table ip lossy")
+
+	if out, err := testutil.Try("tc", "-n", br, "qdisc", "add", "dev", "vm1", "root", "netem", "loss", "40%"); err != nil {
+		if strings.Contains(out, "nknown qdisc") || strings.Contains(out, "qdisc kind is unknown") {
+			testutil.KernelLacks(t, "kernel lacks the netem qdisc (CONFIG_NET_SCH_NETEM): "+strings.TrimSpace(out))
+		}
+		t.Fatalf("tc qdisc add netem: %v\n%s", err, out)
+	}
+	rep = runDiagnose(t, topo, diagnose.Options{Node: "vm1"})
+	f = wantFinding(t, topo, rep, diagnose.CheckLoss, "bridge", "vm1")
+	evidenceHas(t, f, "tc -n "+br+" -s qdisc show dev vm1: netem")
+	evidenceHas(t, f, "loss 40%")
+	want := "tc -n " + br + " qdisc del dev vm1 root"
+	if f.Fix != want {
+		t.Fatalf("fix %q, want %q", f.Fix, want)
+	}
+	fix := strings.Fields(want)
+	testutil.Run(t, fix[0], fix[1:]...)
+	rep = runDiagnose(t, topo, diagnose.Options{Node: "vm1"})
+	for _, f := range rep.Findings {
+		if f.Check == diagnose.CheckLoss {
+			t.Fatalf("after the fix: %s", describe(rep))
+		}
 	}
 }

@@ -19,6 +19,7 @@ func (d *diag) check() {
 	d.checkDuplicates()
 	d.checkMTU()
 	d.checkProbes()
+	d.checkLoss()
 	d.checkFDB()
 	d.checkVLANs()
 	d.checkMirrors()

@@ -50,6 +50,7 @@ const (
 	CheckNoCarrier        = "no-carrier"
 	CheckAddressMissing   = "address-missing"
 	CheckGateway          = "gateway-unreachable"
+	CheckLoss             = "packet-loss"
 	CheckDuplicateIP      = "duplicate-ip"
 	CheckMTU              = "mtu-mismatch"
 	CheckDuplicateMAC     = "duplicate-mac"
@@ -113,6 +114,23 @@ type Probe struct {
 	Result  PingResult `json:"result"`
 	// Large is the DF probe at the path MTU (nil when not sent).
 	Large *PingResult `json:"large,omitempty"`
+	// Loss is the burst of echo requests sent once the gateway answered
+	// (nil when not sent); Qdiscs, read when some went unanswered, are
+	// the qdiscs on the path that drop or impair.
+	Loss   *LossResult `json:"loss,omitempty"`
+	Qdiscs []QdiscDrop `json:"qdiscs,omitempty"`
+}
+
+// QdiscDrop is a qdisc on a probe's path that drops packets, or a netem
+// qdisc that loses them on purpose.
+type QdiscDrop struct {
+	Namespace string  `json:"namespace"`
+	Interface string  `json:"interface"`
+	Kind      string  `json:"kind"`
+	Handle    string  `json:"handle"`
+	Root      bool    `json:"root"`
+	LossPct   float64 `json:"loss_pct,omitempty"`
+	Drops     uint64  `json:"drops"`
 }
 
 // Report is the result of a diagnosis.
@@ -150,6 +168,11 @@ type Options struct {
 	// PingTimeout bounds each gateway probe (default 2s: an ARP request
 	// lost while a new port's carrier settles is retried after 1s).
 	PingTimeout time.Duration
+	// LossProbes is how many echo requests measure the loss to each
+	// gateway (default 20, 2 ms apart); LossPercent the share unanswered
+	// from which diagnose reports it (default 5, one in 20).
+	LossProbes  int
+	LossPercent float64
 	// StormPPS is the received broadcast/multicast rate on a bridge port
 	// above which diagnose reports a storm (default 1000 packets/s).
 	StormPPS float64
@@ -167,6 +190,12 @@ func Run(ctx context.Context, t *topology.Topology, o Options) (*Report, error) 
 	}
 	if o.PingTimeout <= 0 {
 		o.PingTimeout = 2 * time.Second
+	}
+	if o.LossProbes <= 0 {
+		o.LossProbes = 20
+	}
+	if o.LossPercent <= 0 {
+		o.LossPercent = 5
 	}
 	if o.StormPPS <= 0 {
 		o.StormPPS = 1000
@@ -459,6 +488,13 @@ func (d *diag) probe(ctx context.Context) {
 					big.Error = err.Error()
 				}
 				probes[i].Large = &big
+			}
+			loss, err := PingLoss(kname, gw, d.o.LossProbes, 2*time.Millisecond, d.o.PingTimeout/2)
+			if err == nil {
+				probes[i].Loss = &loss
+				if loss.Received < loss.Sent {
+					probes[i].Qdiscs = d.pathQdiscs(kname, gw)
+				}
 			}
 		}()
 	}

@@ -2,6 +2,7 @@ package diagnose
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -276,5 +277,65 @@ func TestLookupLongestPrefix(t *testing.T) {
 	}
 	if lookup(ns, netip.MustParseAddr("2001:db8::1")) != nil {
 		t.Error("an IPv4 table routed an IPv6 address")
+	}
+}
+
+// TestLossFindings: a lossy burst to an answering gateway is a packet-loss
+// finding at the qdisc that explains it, with the command that removes it;
+// loss the topology declares is only information; loss below the threshold
+// is none.
+func TestLossFindings(t *testing.T) {
+	topo, err := topology.Parse("t.yaml", []byte(ref))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := netip.MustParseAddr("192.168.1.1")
+	netem := QdiscDrop{Namespace: "bridge", Interface: "vm1", Kind: "netem", Handle: "8001:", Root: true, LossPct: 40, Drops: 8}
+	for _, tc := range []struct {
+		name     string
+		received int
+		qdisc    *QdiscDrop
+		declare  bool
+		severity Severity // "" for no finding
+		at, fix  string
+	}{
+		{"someone's netem", 12, &netem, false, Warning, "bridge/vm1", "tc -n bridge qdisc del dev vm1 root"},
+		{"most lost", 8, &netem, false, Error, "bridge/vm1", "tc -n bridge qdisc del dev vm1 root"},
+		{"kvmnet's netem", 12, &QdiscDrop{Namespace: "bridge", Interface: "vm1", Kind: "netem", Handle: "6b76:", Root: true, LossPct: 40, Drops: 8}, false, Warning, "bridge/vm1", "kvmnet up (the topology declares no loss on bridge/vm1"},
+		{"declared netem", 12, &netem, true, Info, "bridge/vm1", "none needed"},
+		{"a queue that overflows", 18, &QdiscDrop{Namespace: "vm1", Interface: "eth0", Kind: "tbf", Handle: "1:", Root: true, Drops: 2}, false, Warning, "vm1/eth0", "the tbf qdisc on vm1/eth0 drops"},
+		{"no qdisc to blame", 17, nil, false, Warning, "vm1", "see the firewall drops"},
+		{"one in twenty", 19, nil, false, Warning, "vm1", ""},
+		{"none lost", 20, nil, false, "", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &diag{t: topo, o: Options{LossPercent: 5}, desired: model.Desired(topo), rep: &Report{}}
+			d.index(kernelOf(t, topo))
+			p := Probe{Node: "vm1", Gateway: gw, Result: PingResult{OK: true}, Loss: &LossResult{Sent: 20, Received: tc.received}}
+			if tc.qdisc != nil {
+				p.Qdiscs = []QdiscDrop{*tc.qdisc}
+			}
+			if tc.declare {
+				d.desired.Namespaces["bridge"].Links["vm1"].QoS = &model.QoS{Netem: &model.Netem{LossPct: 40}}
+			}
+			d.rep.Probes = []Probe{p}
+			d.checkLoss()
+			if tc.severity == "" {
+				if len(d.rep.Findings) != 0 {
+					t.Fatalf("findings for no loss: %+v", d.rep.Findings)
+				}
+				return
+			}
+			if len(d.rep.Findings) != 1 {
+				t.Fatalf("want one finding, got %+v", d.rep.Findings)
+			}
+			f := d.rep.Findings[0]
+			if f.Check != CheckLoss || f.Severity != tc.severity || f.Location() != tc.at || !strings.Contains(f.Fix, tc.fix) {
+				t.Fatalf("got %s %s at %s, fix %q; want %s at %s, fix with %q", f.Severity, f.Check, f.Location(), f.Fix, tc.severity, tc.at, tc.fix)
+			}
+			if !strings.Contains(f.Evidence[0], fmt.Sprintf("%d of 20 echo requests to 192.168.1.1 answered", tc.received)) {
+				t.Errorf("evidence: %q", f.Evidence)
+			}
+		})
 	}
 }

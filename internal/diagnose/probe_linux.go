@@ -30,19 +30,15 @@ type PingResult struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Ping sends up to count ICMP echo requests (IPv4 or IPv6) from namespace
-// nsName to dst, interval apart, and waits up to timeout in all for a reply.
-// The raw socket is opened inside the namespace (netns.Do) and used from
-// this goroutine afterwards: it stays bound to that namespace. size is the
-// payload size; df sets Don't Fragment (IPv6 never fragments in transit).
-func Ping(nsName string, dst netip.Addr, size int, df bool, count int, interval, timeout time.Duration) (PingResult, error) {
-	res := PingResult{Size: size, DF: df}
+// icmpConn opens a raw ICMP (v6: ICMPv6) socket inside namespace nsName,
+// with Don't Fragment set when df (IPv4; IPv6 never fragments in transit).
+// It stays bound to that namespace and is used from the calling goroutine.
+func icmpConn(nsName string, v6, df bool) (net.PacketConn, error) {
 	ns, err := netns.Open(nsName)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
 	defer ns.Close()
-	v6 := dst.Is6() && !dst.Is4In6()
 	var fd int
 	err = netns.Do(ns, func() error {
 		var err error
@@ -54,7 +50,7 @@ func Ping(nsName string, dst netip.Addr, size int, df bool, count int, interval,
 		return err
 	})
 	if err != nil {
-		return res, fmt.Errorf("open ICMP socket in namespace %q: %w", nsName, err)
+		return nil, fmt.Errorf("open ICMP socket in namespace %q: %w", nsName, err)
 	}
 	if !v6 {
 		mode := unix.IP_PMTUDISC_DONT
@@ -63,7 +59,7 @@ func Ping(nsName string, dst netip.Addr, size int, df bool, count int, interval,
 		}
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, mode); err != nil {
 			unix.Close(fd)
-			return res, err
+			return nil, err
 		}
 	} else if df {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE)
@@ -71,6 +67,75 @@ func Ping(nsName string, dst netip.Addr, size int, df bool, count int, interval,
 	f := os.NewFile(uintptr(fd), "icmp")
 	pc, err := net.FilePacketConn(f)
 	f.Close()
+	return pc, err
+}
+
+// LossResult counts the replies to a burst of echo requests.
+type LossResult struct {
+	Sent     int `json:"sent"`
+	Received int `json:"received"`
+}
+
+// Percent is the share of requests that got no reply.
+func (l LossResult) Percent() float64 {
+	if l.Sent == 0 {
+		return 0
+	}
+	return 100 * float64(l.Sent-l.Received) / float64(l.Sent)
+}
+
+// PingLoss sends count echo requests from namespace nsName to dst, interval
+// apart, and counts the distinct replies that arrive until all have or wait
+// has passed after the last request.
+func PingLoss(nsName string, dst netip.Addr, count int, interval, wait time.Duration) (LossResult, error) {
+	var res LossResult
+	v6 := dst.Is6() && !dst.Is4In6()
+	pc, err := icmpConn(nsName, v6, false)
+	if err != nil {
+		return res, err
+	}
+	defer pc.Close()
+	id := uint16(rand.Uint32())
+	payload := make([]byte, 56)
+	to := &net.IPAddr{IP: dst.AsSlice()}
+	got := map[uint16]bool{}
+	buf := make([]byte, 65536)
+	// read takes the replies that arrive until deadline.
+	read := func(deadline time.Time) {
+		for len(got) < count {
+			_ = pc.SetReadDeadline(deadline)
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			src, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
+			kind, rid, rseq, _ := parseICMP(v6, buf[:n])
+			if kind == "reply" && rid == id && src.Unmap() == dst.Unmap() && rseq >= 1 && int(rseq) <= count {
+				got[rseq] = true
+			}
+		}
+	}
+	for seq := 1; seq <= count; seq++ {
+		if _, err := pc.WriteTo(echo(v6, id, uint16(seq), payload), to); err != nil {
+			return res, err
+		}
+		res.Sent++
+		read(time.Now().Add(interval))
+	}
+	read(time.Now().Add(wait))
+	res.Received = len(got)
+	return res, nil
+}
+
+// Ping sends up to count ICMP echo requests (IPv4 or IPv6) from namespace
+// nsName to dst, interval apart, and waits up to timeout in all for a reply.
+// The raw socket is opened inside the namespace (netns.Do) and used from
+// this goroutine afterwards: it stays bound to that namespace. size is the
+// payload size; df sets Don't Fragment (IPv6 never fragments in transit).
+func Ping(nsName string, dst netip.Addr, size int, df bool, count int, interval, timeout time.Duration) (PingResult, error) {
+	res := PingResult{Size: size, DF: df}
+	v6 := dst.Is6() && !dst.Is4In6()
+	pc, err := icmpConn(nsName, v6, df)
 	if err != nil {
 		return res, err
 	}

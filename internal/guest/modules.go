@@ -29,7 +29,7 @@ var DefaultModules = []string{
 	// built in or on by default on the host: br_netfilter (bridged traffic through
 	// the inet hooks, which diagnose checks), and the nft expressions the
 	// firewall and port guards use.
-	"br_netfilter", "nft_limit", "nft_log", "nf_log_syslog",
+	"br_netfilter", "nft_limit", "nft_log", "nf_log_syslog", "nft_numgen",
 }
 
 // ErrUnknownModule is returned for a module the guest kernel neither builds
