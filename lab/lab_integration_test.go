@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/netns"
 	"github.com/kvmnet/kvmnet/internal/plan"
 	"github.com/kvmnet/kvmnet/internal/render"
@@ -840,11 +841,11 @@ func TestIPv6(t *testing.T) {
 	}
 }
 
-// TestIPv6OffDrift: where kvmnet switched IPv6 off, a plain up trusts the
-// namespace mark for it (as for every derived sysctl: it leaves the IPv6
-// dumps out); up --deep reads everything, finds IPv6 switched back on by
-// hand with an address added, switches it off again and removes the
-// address.
+// TestIPv6OffDrift: IPv6 switched back on by hand where kvmnet switched it
+// off, and an IPv6 address added, are found by a plain up (not only with
+// --deep): the per-device disable_ipv6 the link dump carries contradicts
+// the namespace mark, so up reads the sysctls and the IPv6 state and puts
+// both back.
 func TestIPv6OffDrift(t *testing.T) {
 	topo := fixture(t, mirrorNet) // lab/mirror_integration_test.go: no IPv6 anywhere
 	up(t, topo)
@@ -852,19 +853,58 @@ func TestIPv6OffDrift(t *testing.T) {
 		inNS(t, topo, "vm1", "sysctl", "-qw", "net.ipv6.conf."+k+".disable_ipv6=0")
 	}
 	inNS(t, topo, "vm1", "ip", "addr", "add", "fd00:bad::5/64", "dev", "eth0", "nodad")
-	res := up(t, topo, WithDeep(true))
-	var gone bool
+	res := up(t, topo)
+	var gone, sysctl bool
 	for _, s := range res.Steps {
 		gone = gone || (s.Op == plan.OpDelAddr && s.Addr.String() == "fd00:bad::5/64")
+		sysctl = sysctl || s.Op == plan.OpSysctl
 	}
-	if !gone {
-		t.Fatalf("up --deep did not remove the hand-made IPv6 address: %v", res.Steps)
+	if !gone || !sysctl {
+		t.Fatalf("up did not remove the hand-made IPv6 address and reset the sysctls: %v", res.Steps)
 	}
 	if out := inNS(t, topo, "vm1", "ip", "-6", "addr", "show", "dev", "eth0", "scope", "global"); strings.TrimSpace(out) != "" {
 		t.Fatalf("IPv6 address left:\n%s", out)
 	}
 	if v := strings.TrimSpace(inNS(t, topo, "vm1", "cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6")); v != "1" {
 		t.Errorf("IPv6 still on in vm1 (all.disable_ipv6=%s)", v)
+	}
+	if again := up(t, topo); again.Writes != 0 {
+		t.Fatalf("up after the repair wrote %d: %v", again.Writes, again.Steps)
+	}
+}
+
+// TestForwardingDrift: ip_forward switched off by hand in the namespace
+// that routes is put back by a plain up (each device's forwarding, in the
+// link dump, contradicts the mark), and traffic through it flows again.
+func TestForwardingDrift(t *testing.T) {
+	topo := fixture(t, larger)
+	up(t, topo)
+	var router string
+	for name, ns := range desiredState(topo).Namespaces {
+		if ns.Sysctls[model.SysctlIPv4Forward] == "1" {
+			router = name
+		}
+	}
+	if router == "" {
+		t.Fatal("the topology has no namespace that forwards")
+	}
+	testutil.Run(t, "ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+	res := up(t, topo)
+	fixed := false
+	for _, s := range res.Steps {
+		switch {
+		case s.Op == plan.OpSysctl && s.NS == router && s.Key == model.SysctlIPv4Forward && s.Value == "1":
+			fixed = true
+		case s.Op == plan.OpMark && s.NS == router: // the mark recorded again
+		default:
+			t.Errorf("unexpected step %s", s)
+		}
+	}
+	if !fixed {
+		t.Fatalf("up after ip_forward=0 in %s: steps %v", router, res.Steps)
+	}
+	if v := strings.TrimSpace(testutil.Run(t, "ip", "netns", "exec", router, "cat", "/proc/sys/net/ipv4/ip_forward")); v != "1" {
+		t.Fatalf("ip_forward in %s is %s after up", router, v)
 	}
 	if again := up(t, topo); again.Writes != 0 {
 		t.Fatalf("up after the repair wrote %d: %v", again.Writes, again.Steps)

@@ -164,6 +164,7 @@ func (r *reader) links() (*model.Namespace, map[int]*model.Link, error) {
 			mac                 []byte
 			vid                 int
 			bridge              *model.BridgeOpts
+			conf                = model.DevConf{IPv4Forwarding: -1, IPv6Forwarding: -1, IPv6Disabled: -1}
 		)
 		for t, v := range attrs(b[unix.SizeofIfInfomsg:]) {
 			switch t {
@@ -186,7 +187,15 @@ func (r *reader) links() (*model.Namespace, map[int]*model.Link, error) {
 				}
 			case unix.IFLA_LINKINFO:
 				kind, vid, bridge = linkInfo(v)
+			case unix.IFLA_AF_SPEC:
+				if ns.DevConf == nil {
+					ns.DevConf = map[string]model.DevConf{}
+				}
+				conf = devConf(v)
 			}
+		}
+		if ns.DevConf != nil {
+			ns.DevConf[name] = conf
 		}
 		if name == "lo" {
 			if m, ok := model.ParseMark(alias); ok {
@@ -401,6 +410,41 @@ func linkRequest() []byte {
 	native().PutUint32(a[4:8], rtextFilterSkipStats)
 	return b
 }
+
+// devConf reads IFLA_AF_SPEC: the IPv4 device configuration (IFLA_INET_CONF,
+// u32 values indexed by IPV4_DEVCONF_* - 1) and the IPv6 one
+// (IFLA_INET6_CONF, s32 values indexed by DEVCONF_*).
+func devConf(b []byte) model.DevConf {
+	c := model.DevConf{IPv4Forwarding: -1, IPv6Forwarding: -1, IPv6Disabled: -1}
+	at := func(conf []byte, i int) int8 {
+		if len(conf) < 4*(i+1) {
+			return -1
+		}
+		if native().Uint32(conf[4*i:]) != 0 {
+			return 1
+		}
+		return 0
+	}
+	for family, v := range attrs(b) {
+		for t, conf := range attrs(v) {
+			switch {
+			case family == unix.AF_INET && t == unix.IFLA_INET_CONF:
+				c.IPv4Forwarding = at(conf, ipv4DevconfForwarding-1)
+			case family == unix.AF_INET6 && t == unix.IFLA_INET6_CONF:
+				c.IPv6Forwarding = at(conf, devconfForwarding)
+				c.IPv6Disabled = at(conf, devconfDisableIPv6)
+			}
+		}
+	}
+	return c
+}
+
+// Indexes of the device configurations (linux/ip.h, linux/ipv6.h).
+const (
+	ipv4DevconfForwarding = 1  // IPV4_DEVCONF_FORWARDING
+	devconfForwarding     = 0  // DEVCONF_FORWARDING
+	devconfDisableIPv6    = 26 // DEVCONF_DISABLE_IPV6
+)
 
 // rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS (linux/rtnetlink.h).
 const rtextFilterSkipStats = 1 << 3

@@ -56,6 +56,46 @@ type Namespace struct {
 	// Masquerade is the NAT of kvmnet's nftables table, sorted; nil when
 	// the namespace has no kvmnet table.
 	Masquerade []Masquerade
+	// DevConf is what the link dump says of every interface's (lo's
+	// included) forwarding and disable_ipv6 (observed only; the diff does
+	// not look at it): the per-device copies of the sysctls kvmnet writes,
+	// which the kernel sets on every device when the "all" value changes.
+	DevConf map[string]DevConf
+}
+
+// DevConf is one interface's per-device IPv4/IPv6 settings, as the link
+// dump carries them (IFLA_AF_SPEC); -1 when the dump did not say.
+type DevConf struct {
+	IPv4Forwarding, IPv6Forwarding, IPv6Disabled int8
+}
+
+// DevConfAgrees reports whether the per-device settings observed agree with
+// the desired sysctls: every device forwards IPv4 (IPv6) exactly when
+// net.ipv4.ip_forward (net.ipv6.conf.all.forwarding) says so, and has IPv6
+// disabled where all.disable_ipv6 is 1. Writing one of those sysctls by
+// hand changes every device, so a disagreement means the sysctls changed
+// since kvmnet wrote them, whatever the namespace mark records.
+func DevConfAgrees(want map[string]string, conf map[string]DevConf) bool {
+	flag := func(key string) int8 {
+		switch want[key] {
+		case "1":
+			return 1
+		case "0":
+			return 0
+		}
+		return -1
+	}
+	fwd4, fwd6 := flag(SysctlIPv4Forward), flag(SysctlIPv6Forward)
+	off6 := want[SysctlIPv6DisableAll] == "1"
+	for _, c := range conf {
+		switch {
+		case fwd4 >= 0 && c.IPv4Forwarding >= 0 && c.IPv4Forwarding != fwd4,
+			fwd6 >= 0 && c.IPv6Forwarding >= 0 && c.IPv6Forwarding != fwd6,
+			off6 && c.IPv6Disabled == 0:
+			return false
+		}
+	}
+	return true
 }
 
 // Link is one network interface.

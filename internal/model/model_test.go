@@ -76,3 +76,30 @@ func TestNSMarkCarriesSysctlHash(t *testing.T) {
 		t.Fatalf("%+v %v", info, ok)
 	}
 }
+
+// DevConfAgrees: a device whose forwarding or disable_ipv6 contradicts the
+// desired sysctls means they were changed by hand; a device the dump said
+// nothing of (-1), or a sysctl not desired, proves nothing.
+func TestDevConfAgrees(t *testing.T) {
+	want := map[string]string{SysctlIPv4Forward: "1", SysctlIPv6Forward: "0", SysctlIPv6DisableAll: "1", SysctlIPv6DisableDefault: "1"}
+	ok := DevConf{IPv4Forwarding: 1, IPv6Forwarding: 0, IPv6Disabled: 1}
+	for _, tc := range []struct {
+		name string
+		want map[string]string
+		dev  DevConf
+		ok   bool
+	}{
+		{"as written", want, ok, true},
+		{"unknown", want, DevConf{-1, -1, -1}, true},
+		{"ip_forward off", want, DevConf{0, 0, 1}, false},
+		{"IPv6 forwarding on", want, DevConf{1, 1, 1}, false},
+		{"IPv6 back on", want, DevConf{1, 0, 0}, false},
+		{"IPv6 not switched off by kvmnet", map[string]string{SysctlIPv4Forward: "1"}, DevConf{1, 1, 0}, true},
+		{"no sysctls", nil, DevConf{0, 1, 0}, true},
+	} {
+		conf := map[string]DevConf{"lo": ok, "eth0": tc.dev}
+		if got := DevConfAgrees(tc.want, conf); got != tc.ok {
+			t.Errorf("%s: DevConfAgrees = %v, want %v", tc.name, got, tc.ok)
+		}
+	}
+}

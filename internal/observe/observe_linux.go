@@ -293,19 +293,20 @@ func (p *partial) finish(want *model.Namespace, id string, deep Deep) (*model.Na
 	// that it still is, no IPv6 address or route can be there: leave the
 	// two IPv6 dumps out. Like the trusted sysctls themselves, --deep (and
 	// status) reads them anyway.
-	var sysctlHash string // what the mark must say for the sysctls to be trusted
-	if want != nil {
-		sysctlHash = model.SysctlHash(want.Sysctls)
+	// The mark vouches for the sysctls only if the per-device copies the
+	// link dump carries agree (a hand-written sysctl changes every device).
+	trusted := false
+	if want != nil && !deep && obs.Owner == id {
+		trusted = obs.Marks[model.AspectSysctl] == model.SysctlHash(want.Sysctls) && model.DevConfAgrees(want.Sysctls, obs.DevConf)
 	}
-	v6off := !deep && want != nil && want.Sysctls[model.SysctlIPv6DisableAll] == "1" && want.Sysctls[model.SysctlIPv6DisableDefault] == "1" &&
-		obs.Owner == id && obs.Marks[model.AspectSysctl] == sysctlHash
+	v6off := trusted && want.Sysctls[model.SysctlIPv6DisableAll] == "1" && want.Sysctls[model.SysctlIPv6DisableDefault] == "1"
 	if !v6off {
 		if err := p.r.AddIPv6(obs); err != nil {
 			return nil, err
 		}
 	}
 	if obs.Owner == id && want != nil && len(want.Sysctls) > 0 {
-		if !deep && obs.Marks[model.AspectSysctl] == sysctlHash {
+		if trusted {
 			// Trust the mark: it records exactly the desired sysctls.
 			obs.Sysctls = maps.Clone(want.Sysctls)
 		} else if err := netns.Do(ns, func() (err error) {
