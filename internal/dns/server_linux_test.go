@@ -1,0 +1,105 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/kvmnet/kvmnet/internal/netns"
+	"github.com/kvmnet/kvmnet/internal/testutil"
+)
+
+// resolver is Go's own DNS client, asking addr from inside ns: an
+// independent witness of what the server answers.
+func resolver(ns *netns.NS, addr string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var c net.Conn
+		err := netns.Do(ns, func() (err error) {
+			c, err = net.DialTimeout(network, addr, 2*time.Second)
+			return err
+		})
+		return c, err
+	}}
+}
+
+// A server in a scratch namespace answers its zone over UDP and TCP, PTR
+// included, says NXDOMAIN for a name it lacks, and forwards other names to
+// an upstream server (another one, for another zone) from its namespace.
+func TestServer(t *testing.T) {
+	ns := testutil.NewNSPrefix(t, "kvdn-")
+	testutil.RequireTool(t, "ip")
+	testutil.Run(t, "ip", "-n", ns.Name, "link", "set", "lo", "up")
+	testutil.Run(t, "ip", "-n", ns.Name, "addr", "add", "10.53.0.1/32", "dev", "lo")
+	testutil.Run(t, "ip", "-n", ns.Name, "addr", "add", "10.53.0.2/32", "dev", "lo")
+
+	up, err := New(Config{Domain: "up.test", Listen: []netip.Addr{netip.MustParseAddr("10.53.0.2")}},
+		func() map[string][]netip.Addr {
+			return map[string][]netip.Addr{"www": {netip.MustParseAddr("192.0.2.80")}}
+		}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Start(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	srv, err := New(Config{Domain: "lab", Listen: []netip.Addr{netip.MustParseAddr("10.53.0.1")},
+		Forward: []netip.AddrPort{netip.MustParseAddrPort("10.53.0.2:53")}},
+		func() map[string][]netip.Addr { return testNames }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
+	r := resolver(ns, "10.53.0.1:53")
+	ctx := context.Background()
+	addrs, err := r.LookupHost(ctx, "vm1.lab.")
+	slices.Sort(addrs)
+	if err != nil || !slices.Equal(addrs, []string{"192.168.1.100", "fd00::100"}) {
+		t.Errorf("vm1.lab: %v %v", addrs, err)
+	}
+	if names, err := r.LookupAddr(ctx, "192.168.1.5"); err != nil || !slices.Equal(names, []string{"files.nas.lab."}) {
+		t.Errorf("PTR 192.168.1.5: %v %v", names, err)
+	}
+	var dnsErr *net.DNSError
+	if _, err := r.LookupHost(ctx, "nope.lab."); !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+		t.Errorf("nope.lab: %v, want not found", err)
+	}
+	if addrs, err := r.LookupHost(ctx, "www.up.test."); err != nil || !slices.Equal(addrs, []string{"192.0.2.80"}) {
+		t.Errorf("www.up.test through the upstream: %v %v", addrs, err)
+	}
+
+	// Over TCP: an answer from the zone and a forwarded one.
+	for _, tc := range []struct{ name, want string }{{"host.lab.", "192.168.1.1"}, {"www.up.test.", "192.0.2.80"}} {
+		var c net.Conn
+		if err := netns.Do(ns, func() (err error) { c, err = net.Dial("tcp", "10.53.0.1:53"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeTCP(c, query(t, tc.name, dnsmessage.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		b, err := readTCP(c)
+		c.Close()
+		if err != nil {
+			t.Fatalf("%s over TCP: %v", tc.name, err)
+		}
+		m := unpack(t, b)
+		if len(m.Answers) != 1 || netip.AddrFrom4(m.Answers[0].Body.(*dnsmessage.AResource).A).String() != tc.want {
+			t.Errorf("%s over TCP: %+v", tc.name, m.Answers)
+		}
+	}
+	st := srv.Stats()
+	if st.Forwarded < 2 || st.NXDomain < 1 || st.Answered < 3 || st.Failed != 0 {
+		t.Errorf("stats: %+v", st)
+	}
+}
