@@ -29,6 +29,7 @@ import (
 
 	"github.com/kvmnet/kvmnet/internal/dhcp"
 	"github.com/kvmnet/kvmnet/internal/diagnose"
+	"github.com/kvmnet/kvmnet/internal/dns"
 	"github.com/kvmnet/kvmnet/internal/model"
 	"github.com/kvmnet/kvmnet/internal/netns"
 	"github.com/kvmnet/kvmnet/internal/state"
@@ -245,6 +246,83 @@ func vmSpecs(t *topology.Topology) []vm.Spec {
 	return out
 }
 
+// supervisorConfig is what the supervisor of network t runs.
+func supervisorConfig(t *topology.Topology, dir string) *supervise.Config {
+	return &supervise.Config{Network: t.ID(), DHCP: dhcpConfigs(t, dir), DNS: dnsConfigs(t)}
+}
+
+// dnsConfigs turns the topology's DNS servers into the supervisor's, each
+// with the zone's static names and the MACs of the VMs' DHCP NICs (a VM's
+// name answers with its lease).
+func dnsConfigs(t *topology.Topology) []supervise.DNSServer {
+	if t.DNS == nil {
+		return nil
+	}
+	names := t.DNSNames()
+	vms := map[string]string{}
+	for _, v := range t.VMs {
+		for _, n := range v.NICs {
+			if n.DHCP {
+				vms[strings.ToLower(n.MAC)] = strings.ToLower(v.Name)
+			}
+		}
+	}
+	var out []supervise.DNSServer
+	for i := range t.DNS.Servers {
+		s := &t.DNS.Servers[i]
+		c := dns.Config{Domain: t.DNSDomain(), Listen: t.DNSServerAddrs(s)}
+		for _, f := range s.Forward {
+			if ap, err := topology.ParseForward(f); err == nil {
+				c.Forward = append(c.Forward, ap)
+			}
+		}
+		out = append(out, supervise.DNSServer{Namespace: t.NSName(s.Namespace), Config: c, Names: names, VMs: vms})
+	}
+	return out
+}
+
+// networkDNS is the name server a DHCP server on interface iface of
+// namespace ns announces when it declares none: a server of the network's
+// zone on the same L2 segment (its IPv4 address in subnet, else its first
+// IPv4 one), else one in the same namespace (the DHCP server's namespace
+// is its clients' gateway and routes to it).
+func networkDNS(t *topology.Topology, ns, iface string, subnet netip.Prefix) (netip.Addr, bool) {
+	if t.DNS == nil {
+		return netip.Addr{}, false
+	}
+	seg := t.Segments()
+	pick := func(s *topology.DNSServer) (netip.Addr, bool) {
+		var first netip.Addr
+		for _, a := range t.DNSServerAddrs(s) {
+			if !a.Is4() {
+				continue
+			}
+			if subnet.Contains(a) {
+				return a, true
+			}
+			if !first.IsValid() {
+				first = a
+			}
+		}
+		return first, first.IsValid()
+	}
+	for i := range t.DNS.Servers {
+		if s := &t.DNS.Servers[i]; seg.Of(s.Namespace, s.Interface) == seg.Of(ns, iface) {
+			if a, ok := pick(s); ok {
+				return a, true
+			}
+		}
+	}
+	for i := range t.DNS.Servers {
+		if s := &t.DNS.Servers[i]; s.Namespace == ns {
+			if a, ok := pick(s); ok {
+				return a, true
+			}
+		}
+	}
+	return netip.Addr{}, false
+}
+
 // dhcpConfigs turns the topology's DHCP servers into the supervisor's.
 func dhcpConfigs(t *topology.Topology, dir string) []supervise.DHCPServer {
 	var out []supervise.DHCPServer
@@ -261,6 +339,13 @@ func dhcpConfigs(t *topology.Topology, dir string) []supervise.DHCPServer {
 		for _, d := range s.DNS {
 			if a, err := netip.ParseAddr(d); err == nil {
 				c.DNS = append(c.DNS, a)
+			}
+		}
+		// No name server declared: the network's own, for its zone.
+		if a, ok := networkDNS(t, s.Namespace, s.Interface, c.Subnet); ok && len(s.DNS) == 0 {
+			c.DNS = []netip.Addr{a}
+			if c.Domain == "" {
+				c.Domain = t.DNSDomain()
 			}
 		}
 		for _, st := range s.Static {
@@ -419,8 +504,8 @@ func vmsAfterUp(ctx context.Context, o *options, t *topology.Topology, res *Resu
 	id := t.ID()
 	dir := o.netDir(id)
 	specs := vmSpecs(t)
-	servers := dhcpConfigs(t, dir)
-	need := len(specs) > 0 || len(servers) > 0
+	cfg := supervisorConfig(t, dir)
+	need := len(specs) > 0 || len(cfg.DHCP) > 0 || len(cfg.DNS) > 0
 	if !need && len(rep.Stopped) == 0 && supervise.Read(dir).State == supervise.StateNotRunning {
 		if _, err := os.Stat(filepath.Join(dir, supervise.ConfigFile)); err != nil {
 			return nil
@@ -439,7 +524,7 @@ func vmsAfterUp(ctx context.Context, o *options, t *topology.Topology, res *Resu
 		rep.Duration = time.Since(start)
 		p.line("%s", rep.Summary())
 	}()
-	if err := o.ensureSupervisor(ctx, id, dir, servers, need, rep); err != nil {
+	if err := o.ensureSupervisor(ctx, dir, cfg, need, rep); err != nil {
 		return err
 	}
 	var jobs []*bootJob
@@ -522,10 +607,10 @@ func nicsAttached(id string, nics []vm.NIC) (bool, string, error) {
 }
 
 // ensureSupervisor starts the supervisor when it is needed and not
-// running, restarts it when the DHCP configuration changed, stops it when
-// it is not needed, and checks that every DHCP server serves.
-func (o *options) ensureSupervisor(ctx context.Context, id, dir string, servers []supervise.DHCPServer, need bool, rep *VMReport) error {
-	cfg := &supervise.Config{Network: id, DHCP: servers}
+// running, restarts it when its configuration (DHCP and DNS servers)
+// changed, stops it when it is not needed, and checks that every server
+// serves.
+func (o *options) ensureSupervisor(ctx context.Context, dir string, cfg *supervise.Config, need bool, rep *VMReport) error {
 	st := supervise.Read(dir)
 	alive := st.State == supervise.StateRunning || st.State == supervise.StateStale
 	if !need {
@@ -568,6 +653,11 @@ func (o *options) ensureSupervisor(ctx context.Context, id, dir string, servers 
 		for _, d := range h.DHCP {
 			if !d.Listening {
 				errs = append(errs, fmt.Errorf("dhcp server on %q in namespace %q does not serve: %s (see %s)", d.Interface, d.Namespace, d.Error, filepath.Join(dir, supervise.LogFile)))
+			}
+		}
+		for _, d := range h.DNS {
+			if !d.Listening {
+				errs = append(errs, fmt.Errorf("dns server for %s on %v in namespace %q does not serve: %s (see %s)", d.Domain, d.Addresses, d.Namespace, d.Error, filepath.Join(dir, supervise.LogFile)))
 			}
 		}
 	}
@@ -732,6 +822,9 @@ type VMStatusReport struct {
 	Supervisor SupervisorStatus `json:"supervisor"`
 	VMs        []VMState        `json:"vms"`
 	DHCP       []DHCPStatus     `json:"dhcp"`
+	// DNS are the name servers of the network's zone, as the supervisor
+	// last reported them (not serving when it does not run).
+	DNS []supervise.DNSHealth `json:"dns,omitempty"`
 }
 
 // SupervisorStatus is the supervisor's health.
@@ -832,6 +925,17 @@ func VMStatus(ctx context.Context, t *topology.Topology, opts ...Option) (*VMSta
 		}
 		r.DHCP = append(r.DHCP, d)
 	}
+	for _, s := range dnsConfigs(t) {
+		d := supervise.DNSHealth{Namespace: s.Namespace, Domain: s.Config.Domain, Addresses: s.Config.Listen}
+		if h := sup.Health; h != nil && sup.State == supervise.StateRunning {
+			for _, x := range h.DNS {
+				if x.Namespace == s.Namespace && x.Domain == s.Config.Domain {
+					d = x
+				}
+			}
+		}
+		r.DNS = append(r.DNS, d)
+	}
 	return r, nil
 }
 
@@ -883,7 +987,7 @@ func VMStart(ctx context.Context, t *topology.Topology, name string, opts ...Opt
 	p := newProgress(o.progressW())
 	defer p.close()
 	rep := newVMReport()
-	if err := o.ensureSupervisor(ctx, id, dir, dhcpConfigs(t, dir), true, rep); err != nil {
+	if err := o.ensureSupervisor(ctx, dir, supervisorConfig(t, dir), true, rep); err != nil {
 		return err
 	}
 	m := &vm.Machine{Spec: s, Dir: vmDir(dir, name), Log: o.log}

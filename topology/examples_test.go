@@ -13,7 +13,7 @@ const examplesDir = "../examples"
 // wantExamples are the examples the documentation refers to.
 var wantExamples = []string{
 	"reference.yaml", "two-bridges.yaml", "routed.yaml", "nat.yaml",
-	"bridged.yaml", "jumbo.yaml", "real-nic.yaml", "mirror.yaml",
+	"bridged.yaml", "jumbo.yaml", "real-nic.yaml", "mirror.yaml", "dns.yaml",
 }
 
 func exampleFiles(t testing.TB) []string {

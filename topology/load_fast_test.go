@@ -109,6 +109,7 @@ var fastCases = map[string]string{
 	"cr-in-comment":    "#\r\nname: x\nnamespaces: [{name: a}]\n",
 	"trailing-space":   "name: x\nnamespaces:\n  - name: a \n",
 	"deep-uplink":      "name: x\nnamespaces:\n  - {name: host, role: host}\nuplink:\n  mode: nat\n  name: up0\n  addresses: [203.0.113.2/24]\n",
+	"dns":              "name: x\nnamespaces:\n  - {name: host, role: host}\ndns:\n  domain: lab\n  servers:\n    - namespace: host\n      interface: eth0\n      forward: [192.0.2.53, \"192.0.2.54:5353\", \"[2001:db8::53]:53\", 2001:db8::54]\n  hosts:\n    - {name: nas, addresses: [192.168.1.5, \"fd00::5\"]}\n    - name: files.nas\n      addresses:\n        - 192.168.1.5\n",
 }
 
 // TestFastDecodeMatches checks that whatever the fast path accepts, it reads
@@ -122,7 +123,7 @@ func TestFastDecodeMatches(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d files took the fast path", fast, len(corpus))
-	for _, name := range []string{"bench-40", DefaultFile, filepath.Join(examplesDir, "reference.yaml"), "case-sysctls", "case-seq-same-indent", "case-quoted", "case-list-scalar"} {
+	for _, name := range []string{"bench-40", DefaultFile, filepath.Join(examplesDir, "reference.yaml"), "case-sysctls", "case-seq-same-indent", "case-quoted", "case-list-scalar", "case-dns", filepath.Join(examplesDir, "dns.yaml")} {
 		if _, ok := fastDecode(name, corpus[name]); !ok {
 			t.Errorf("%s did not take the fast path", name)
 		}

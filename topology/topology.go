@@ -61,6 +61,8 @@ type Topology struct {
 	VMs []VM `yaml:"vms,omitempty" json:"vms,omitempty"`
 	// DHCP is the DHCP service per segment (topology/vm.go).
 	DHCP *DHCP `yaml:"dhcp,omitempty" json:"dhcp,omitempty"`
+	// DNS is the network's name service (topology/dns.go).
+	DNS *DNS `yaml:"dns,omitempty" json:"dns,omitempty"`
 	// Mirrors copy the frames of ports to a monitoring interface (topology/mirror.go).
 	Mirrors []Mirror `yaml:"mirrors,omitempty" json:"mirrors,omitempty"`
 

@@ -51,6 +51,7 @@ func (t *Topology) Validate() error {
 	v.loops()
 	v.policy()
 	v.vms()     // VMs and DHCP: topology/vm.go
+	v.dns()     // names: topology/dns.go
 	v.mirrors() // port mirrors: topology/mirror.go
 	return c.err()
 }

@@ -470,6 +470,7 @@ func (t *Topology) Lint() ErrorList {
 			}
 		}
 	}
+	t.lintDNS(c)
 	sortErrors(c.list)
 	return c.list
 }

@@ -188,7 +188,7 @@ func newDHCP(g *globals) *cobra.Command {
 // when the network has none of them.
 func vmStatusFor(cmd *cobra.Command, g *globals, t *topology.Topology) (*lab.VMStatusReport, error) {
 	r, err := lab.VMStatus(cmd.Context(), t, g.opts()...)
-	if err != nil || (len(r.VMs) == 0 && len(r.DHCP) == 0 && r.Supervisor.State == "not running") {
+	if err != nil || (len(r.VMs) == 0 && len(r.DHCP) == 0 && len(r.DNS) == 0 && r.Supervisor.State == "not running") {
 		return nil, err
 	}
 	return r, nil
@@ -205,6 +205,26 @@ func printVMStatus(out io.Writer, r *lab.VMStatusReport) {
 		fmt.Fprintln(out)
 		printLeases(out, r)
 	}
+	if len(r.DNS) > 0 {
+		fmt.Fprintln(out)
+		printDNS(out, r)
+	}
+}
+
+// printDNS lists the name servers of the network's zone and their counters.
+func printDNS(out io.Writer, r *lab.VMStatusReport) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "DNS SERVER\tZONE\tADDRESSES\tSERVING\tQUERIES\tANSWERED\tNXDOMAIN\tFORWARDED\tREFUSED\tFAILED\tERROR")
+	for _, d := range r.DNS {
+		var addrs []string
+		for _, a := range d.Addresses {
+			addrs = append(addrs, a.String())
+		}
+		st := d.Stats
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", d.Namespace, d.Domain, strings.Join(addrs, ","),
+			onOff(d.Listening, "yes", "no"), st.Queries, st.Answered, st.NXDomain, st.Forwarded, st.Refused, st.Failed, orDash(d.Error))
+	}
+	w.Flush()
 }
 
 func printVMs(out io.Writer, r *lab.VMStatusReport) {

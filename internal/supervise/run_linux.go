@@ -6,15 +6,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/kvmnet/kvmnet/internal/dhcp"
+	"github.com/kvmnet/kvmnet/internal/dns"
 	"github.com/kvmnet/kvmnet/internal/netns"
 	"github.com/kvmnet/kvmnet/internal/vm"
 )
@@ -42,6 +47,17 @@ type server struct {
 	cfg DHCPServer
 	srv *dhcp.Server
 	err error
+	// mu guards srv against the DNS servers' goroutines, which read the
+	// leases (serving); the supervisor's loop, which alone writes srv,
+	// reads it without.
+	mu sync.Mutex
+}
+
+// serving returns the running DHCP server, or nil.
+func (s *server) serving() *dhcp.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.srv
 }
 
 // Run runs the supervisor of the network whose state directory is dir: it
@@ -85,6 +101,18 @@ func Run(ctx context.Context, dir string, log *slog.Logger) error {
 			}
 		}
 	}()
+	names := make([]*nameServer, len(cfg.DNS))
+	for i, c := range cfg.DNS {
+		names[i] = &nameServer{cfg: c, dhcp: servers}
+	}
+	defer func() {
+		for _, n := range names {
+			if n.srv != nil {
+				_ = n.srv.Close()
+				log.Info("dns server stopped", "server", n.cfg.Name())
+			}
+		}
+	}()
 	vms := map[string]*VMHealth{}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -92,6 +120,11 @@ func Run(ctx context.Context, dir string, log *slog.Logger) error {
 		for _, s := range servers {
 			if s.srv == nil {
 				s.start(dir, log)
+			}
+		}
+		for _, n := range names {
+			if n.srv == nil {
+				n.start(log)
 			}
 		}
 		watch(ctx, dir, vms, h, log)
@@ -106,6 +139,17 @@ func Run(ctx context.Context, dir string, log *slog.Logger) error {
 				dh.Stats, dh.Leases = s.srv.Stats(), len(s.srv.Leases())
 			}
 			h.DHCP = append(h.DHCP, dh)
+		}
+		h.DNS = h.DNS[:0]
+		for _, n := range names {
+			nh := DNSHealth{Namespace: n.cfg.Namespace, Domain: n.cfg.Config.Domain, Addresses: n.cfg.Config.Listen, Listening: n.srv != nil}
+			if n.err != nil {
+				nh.Error = n.err.Error()
+			}
+			if n.srv != nil {
+				nh.Stats = n.srv.Stats()
+			}
+			h.DNS = append(h.DNS, nh)
 		}
 		if err := writeHealth(dir, h); err != nil {
 			log.Warn("health report", "err", err)
@@ -141,7 +185,9 @@ func (s *server) start(dir string, log *slog.Logger) {
 		s.fail(err, log)
 		return
 	}
+	s.mu.Lock()
 	s.srv, s.err = srv, nil
+	s.mu.Unlock()
 	log.Info("dhcp server serving", "server", s.cfg.Name(), "subnet", c.Subnet, "pool", fmt.Sprintf("%v-%v", c.PoolStart, c.PoolEnd), "leases", c.LeaseFile)
 }
 
@@ -150,6 +196,58 @@ func (s *server) fail(err error, log *slog.Logger) {
 		log.Error("dhcp server cannot serve; retrying", "server", s.cfg.Name(), "err", err)
 	}
 	s.err = err
+}
+
+// nameServer is one DNS server the supervisor runs (or retries).
+type nameServer struct {
+	cfg  DNSServer
+	dhcp []*server // the DHCP servers, whose leases name the VMs
+	srv  *dns.Server
+	err  error
+}
+
+// names is the zone at the time of a question: the static names, and each
+// VM whose NIC holds a DHCP lease with that lease's address.
+func (n *nameServer) names() map[string][]netip.Addr {
+	out := make(map[string][]netip.Addr, len(n.cfg.Names)+len(n.cfg.VMs))
+	for k, v := range n.cfg.Names {
+		out[k] = v
+	}
+	if len(n.cfg.VMs) == 0 {
+		return out
+	}
+	for _, d := range n.dhcp {
+		srv := d.serving()
+		if srv == nil {
+			continue
+		}
+		for _, l := range srv.Leases() {
+			if vm, ok := n.cfg.VMs[strings.ToLower(l.MAC)]; ok && l.State == dhcp.StateBound && !slices.Contains(out[vm], l.IP) {
+				out[vm] = append(slices.Clone(out[vm]), l.IP)
+			}
+		}
+	}
+	return out
+}
+
+// start starts the DNS server, remembering why it could not.
+func (n *nameServer) start(log *slog.Logger) {
+	ns, err := netns.Open(n.cfg.Namespace)
+	if err == nil {
+		defer ns.Close()
+		var srv *dns.Server
+		if srv, err = dns.New(n.cfg.Config, n.names, log); err == nil {
+			if err = srv.Start(ns); err == nil {
+				n.srv, n.err = srv, nil
+				log.Info("dns server serving", "server", n.cfg.Name(), "addresses", n.cfg.Config.Listen, "names", len(n.cfg.Names), "vms", len(n.cfg.VMs))
+				return
+			}
+		}
+	}
+	if n.err == nil || n.err.Error() != err.Error() {
+		log.Error("dns server cannot serve; retrying", "server", n.cfg.Name(), "err", err)
+	}
+	n.err = err
 }
 
 // watch reads the state of every VM under dir/vms and records changes. A

@@ -1,17 +1,18 @@
 // Package supervise is the per-network background process that runs what
 // must outlive the kvmnet command that built the network: the DHCP servers
-// (one per segment, each serving in the gateway's namespace) and a watch on
-// the network's VMs.
+// (one per segment, each serving in the gateway's namespace), the DNS
+// servers of the network's zone, and a watch on the network's VMs.
 //
 // `kvmnet up` starts it (`kvmnet supervise --network ID`, in a session of
-// its own) when the topology has VMs or DHCP servers, restarts it when the
-// DHCP configuration changes, and `kvmnet down` stops it. Everything it
+// its own) when the topology has VMs, DHCP or DNS servers, restarts it when
+// their configuration changes, and `kvmnet down` stops it. Everything it
 // shares lives in the network's state directory:
 //
-//	supervise.json         the configuration up wrote (DHCP servers)
+//	supervise.json         the configuration up wrote (DHCP and DNS servers)
 //	supervise.pid          its pid, while it runs
-//	supervise.health.json  its heartbeat, each DHCP server's state and
-//	                       counters, each VM's last state and the crashes seen
+//	supervise.health.json  its heartbeat, each DHCP and DNS server's state
+//	                       and counters, each VM's last state and the crashes
+//	                       seen
 //	supervise.log          its log (stdout and stderr)
 //	dhcp/*.json            the lease files (dhcp.ReadLeases)
 //
@@ -29,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,6 +42,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kvmnet/kvmnet/internal/dhcp"
+	"github.com/kvmnet/kvmnet/internal/dns"
 	"github.com/kvmnet/kvmnet/internal/vm"
 )
 
@@ -63,6 +66,7 @@ const DefaultInterval = time.Second
 type Config struct {
 	Network string       `json:"network"`
 	DHCP    []DHCPServer `json:"dhcp,omitempty"`
+	DNS     []DNSServer  `json:"dns,omitempty"`
 	// Interval between VM checks and heartbeats (default DefaultInterval).
 	Interval time.Duration `json:"interval_ns,omitempty"`
 }
@@ -76,6 +80,22 @@ type DHCPServer struct {
 
 // Name is "namespace/interface".
 func (s *DHCPServer) Name() string { return s.Namespace + "/" + s.Config.Interface }
+
+// DNSServer is one name server of the network's zone and the namespace it
+// answers in.
+type DNSServer struct {
+	// Namespace is the kernel name of the namespace.
+	Namespace string     `json:"namespace"`
+	Config    dns.Config `json:"config"`
+	// Names are the zone's names the topology gives (namespaces, VMs with
+	// static addresses, declared hosts); VMs maps the MAC of a VM's NIC
+	// to the VM's name, which answers with that NIC's DHCP lease.
+	Names map[string][]netip.Addr `json:"names"`
+	VMs   map[string]string       `json:"vms,omitempty"`
+}
+
+// Name is "namespace/domain".
+func (s *DNSServer) Name() string { return s.Namespace + "/" + s.Config.Domain }
 
 // LeaseFile is where the lease file of a server on iface in namespace ns
 // lives, under the state directory dir.
@@ -145,6 +165,7 @@ type Health struct {
 	ConfigHash string       `json:"config_hash"`
 	Interval   Duration     `json:"interval"`
 	DHCP       []DHCPHealth `json:"dhcp"`
+	DNS        []DNSHealth  `json:"dns,omitempty"`
 	VMs        []VMHealth   `json:"vms"`
 	// Events are the last VM state changes the supervisor saw (newest last).
 	Events []Event `json:"events,omitempty"`
@@ -175,6 +196,16 @@ type DHCPHealth struct {
 	Error     string     `json:"error,omitempty"`
 	Stats     dhcp.Stats `json:"stats"`
 	Leases    int        `json:"leases"`
+}
+
+// DNSHealth is one DNS server's state.
+type DNSHealth struct {
+	Namespace string       `json:"namespace"`
+	Domain    string       `json:"domain"`
+	Addresses []netip.Addr `json:"addresses"`
+	Listening bool         `json:"listening"`
+	Error     string       `json:"error,omitempty"`
+	Stats     dns.Stats    `json:"stats"`
 }
 
 // VMHealth is a VM's state as the supervisor last saw it.
