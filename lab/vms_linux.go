@@ -135,19 +135,26 @@ func newVMReport() *VMReport {
 
 // Summary is a one-line account.
 func (r *VMReport) Summary() string {
-	s := fmt.Sprintf("vms: %d started, %d restarted, %d unchanged, %d left stopped or crashed, %d stopped and removed",
-		len(r.Started), len(r.Restarted), len(r.Unchanged), len(r.Left), len(r.Stopped))
-	if r.Accel != "" {
-		s += " (" + strings.ToUpper(r.Accel) + ")"
+	var parts []string
+	if len(r.Started)+len(r.Restarted)+len(r.Unchanged)+len(r.Left)+len(r.Stopped) > 0 {
+		s := fmt.Sprintf("vms: %d started, %d restarted, %d unchanged, %d left stopped or crashed, %d stopped and removed",
+			len(r.Started), len(r.Restarted), len(r.Unchanged), len(r.Left), len(r.Stopped))
+		if r.Accel != "" {
+			s += " (" + strings.ToUpper(r.Accel) + ")"
+		}
+		parts = append(parts, s)
 	}
 	switch r.Supervisor {
 	case "":
 	case "stopped":
-		s += "; supervisor stopped"
+		parts = append(parts, "supervisor stopped")
 	default:
-		s += fmt.Sprintf("; supervisor %s (pid %d)", r.Supervisor, r.SupervisorPID)
+		parts = append(parts, fmt.Sprintf("supervisor %s (pid %d)", r.Supervisor, r.SupervisorPID))
 	}
-	return s + fmt.Sprintf(" (%s)", r.Duration.Round(time.Millisecond))
+	if len(parts) == 0 {
+		parts = append(parts, "vms: none")
+	}
+	return strings.Join(parts, "; ") + fmt.Sprintf(" (%s)", r.Duration.Round(time.Millisecond))
 }
 
 // specFile records, in a VM's state directory, the spec it was started

@@ -241,6 +241,10 @@ func printVMs(out io.Writer, r *lab.VMStatusReport) {
 		line += ": " + s.Reason
 	}
 	fmt.Fprintln(out, line+"; log "+s.Log)
+	if len(r.VMs) == 0 {
+		fmt.Fprintln(out, "no VMs")
+		return
+	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "VM\tNAMESPACE\tSTATE\tACCEL\tPID\tRSS\tMAC\tADDRESSES\tSINCE\tREASON")
 	for _, v := range r.VMs {
