@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -76,7 +77,6 @@ func lookup(t *testing.T, ns, server string) *net.Resolver {
 // counters; a second up changes nothing; down stops it.
 func TestNetworkDNS(t *testing.T) {
 	topo := fixture(t, dnsNet)
-	testutil.RequireTool(t, "busybox")
 	sdir := stateDir(t)
 	t.Cleanup(func() { killAll(t, sdir) })
 	ctx := context.Background()
@@ -119,10 +119,14 @@ func TestNetworkDNS(t *testing.T) {
 	if _, err := r.LookupHost(ctx, "nope.lab."); !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
 		t.Errorf("nope.lab: %v, want not found", err)
 	}
-	// busybox's resolver, from vm2, says the same.
-	out := testutil.Run(t, "ip", "netns", "exec", topo.NSName("vm2"), "busybox", "nslookup", "vm1.lab", "192.168.1.1")
-	if !strings.Contains(out, "192.168.1.100") {
-		t.Errorf("busybox nslookup vm1.lab:\n%s", out)
+	// busybox's resolver, from vm2, says the same (where it is installed:
+	// the guest-kernel lane has no busybox; Go's client above is the
+	// witness there).
+	if _, err := exec.LookPath("busybox"); err == nil {
+		out := testutil.Run(t, "ip", "netns", "exec", topo.NSName("vm2"), "busybox", "nslookup", "vm1.lab", "192.168.1.1")
+		if !strings.Contains(out, "192.168.1.100") {
+			t.Errorf("busybox nslookup vm1.lab:\n%s", out)
+		}
 	}
 
 	// The counters reach status with the supervisor's next heartbeat.
