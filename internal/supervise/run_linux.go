@@ -206,28 +206,55 @@ type nameServer struct {
 	err  error
 }
 
-// names is the zone at the time of a question: the static names, and each
-// VM whose NIC holds a DHCP lease with that lease's address.
+// names is the zone at the time of a question: the static names; each VM
+// whose NIC holds a bound DHCP lease, with that lease's address; and, as
+// dnsmasq does, the host name any other DHCP client sent with a bound lease
+// (a name the topology or a VM already gives is never taken over).
 func (n *nameServer) names() map[string][]netip.Addr {
 	out := make(map[string][]netip.Addr, len(n.cfg.Names)+len(n.cfg.VMs))
 	for k, v := range n.cfg.Names {
 		out[k] = v
 	}
-	if len(n.cfg.VMs) == 0 {
-		return out
-	}
+	var clients []dhcp.Lease
 	for _, d := range n.dhcp {
 		srv := d.serving()
 		if srv == nil {
 			continue
 		}
 		for _, l := range srv.Leases() {
-			if vm, ok := n.cfg.VMs[strings.ToLower(l.MAC)]; ok && l.State == dhcp.StateBound && !slices.Contains(out[vm], l.IP) {
-				out[vm] = append(slices.Clone(out[vm]), l.IP)
+			if l.State != dhcp.StateBound {
+				continue
 			}
+			if vm, ok := n.cfg.VMs[strings.ToLower(l.MAC)]; ok {
+				if !slices.Contains(out[vm], l.IP) {
+					out[vm] = append(slices.Clone(out[vm]), l.IP)
+				}
+				continue
+			}
+			clients = append(clients, l)
+		}
+	}
+	for _, l := range clients {
+		h := strings.ToLower(l.Hostname)
+		if _, taken := out[h]; !taken && hostLabel(h) {
+			out[h] = []netip.Addr{l.IP}
 		}
 	}
 	return out
+}
+
+// hostLabel reports whether h can be a name of the zone: one DNS label of
+// letters, digits and '-', not at either end.
+func hostLabel(h string) bool {
+	if h == "" || len(h) > 63 || h[0] == '-' || h[len(h)-1] == '-' {
+		return false
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // start starts the DNS server, remembering why it could not.
