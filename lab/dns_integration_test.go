@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvmnet/kvmnet/internal/diagnose"
 	"github.com/kvmnet/kvmnet/internal/dns"
 	"github.com/kvmnet/kvmnet/internal/netns"
 	"github.com/kvmnet/kvmnet/internal/supervise"
@@ -193,4 +194,61 @@ func TestVMNamesInDNS(t *testing.T) {
 	if got, err := r.LookupHost(ctx, "world.vmnet."); err != nil || !slices.Equal(got, []string{"10.77.0.2"}) {
 		t.Errorf("world.vmnet: %v %v", got, err)
 	}
+}
+
+// TestDiagnoseDNS: diagnose asks the network's name server, from each VM
+// and endpoint namespace, for that namespace's own name. Healthy: nothing.
+// With the supervisor stopped: dns-not-answering at the server, saying the
+// supervisor does not run, fix kvmnet up. With the supervisor back but an
+// nft rule dropping DNS in the server's namespace: dns-not-answering, the
+// server serving, and the firewall drop.
+func TestDiagnoseDNS(t *testing.T) {
+	topo := fixture(t, dnsNet)
+	sdir := stateDir(t)
+	t.Cleanup(func() { killAll(t, sdir) })
+	ctx := context.Background()
+	if _, err := Up(ctx, topo, vmOpts(t)...); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	run := func() *diagnose.Report {
+		t.Helper()
+		st, err := VMStatus(ctx, topo, vmOpts(t)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return runDiagnose(t, topo, diagnose.Options{VMs: st.ForDiagnose()})
+	}
+	rep := run()
+	if !rep.OK || len(rep.Findings) != 0 {
+		t.Fatalf("healthy network with a name server:\n%s", describe(rep))
+	}
+	asked := 0
+	for _, p := range rep.Probes {
+		if p.DNS != nil && p.DNS.RCode == "Success" && len(p.DNS.Addrs) == 1 {
+			asked++
+		}
+	}
+	if asked != 3 { // vm1, vm2, upstream
+		t.Fatalf("%d namespaces got their own name from the name server: %+v", asked, rep.Probes)
+	}
+
+	if err := supervise.Stop(filepath.Join(sdir, topo.ID()), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rep = run()
+	f := wantFinding(t, topo, rep, diagnose.CheckDNS, "host", "")
+	evidenceHas(t, f, "the supervisor, which runs the name server, is not running")
+	if f.Fix != "kvmnet up (starts the supervisor)" {
+		t.Errorf("fix %q", f.Fix)
+	}
+
+	if _, err := Up(ctx, topo, vmOpts(t)...); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	host := topo.NSName("host")
+	testutil.Run(t, "ip", "netns", "exec", host, "nft", "add table ip nodns; add chain ip nodns in { type filter hook input priority 0; }; add rule ip nodns in udp dport 53 counter drop")
+	rep = run()
+	f = wantFinding(t, topo, rep, diagnose.CheckDNS, "host", "")
+	evidenceHas(t, f, "the supervisor reports it serving")
+	wantFinding(t, topo, rep, diagnose.CheckFirewallDrop, "host", "")
 }

@@ -1170,5 +1170,9 @@ func (r *VMStatusReport) ForDiagnose() *diagnose.VMs {
 		out.DHCP = append(out.DHCP, diagnose.DHCPServer{Namespace: s.Namespace, Interface: s.Interface, Listening: s.Listening,
 			Error: s.Error, Stats: s.Stats, LeaseFile: s.LeaseFile, Leases: s.Leases})
 	}
+	for _, s := range r.DNS {
+		out.DNS = append(out.DNS, diagnose.NameServer{Namespace: s.Namespace, Domain: s.Domain, Addresses: s.Addresses,
+			Listening: s.Listening, Error: s.Error})
+	}
 	return out
 }

@@ -97,11 +97,12 @@ func printReport(out io.Writer, rep *diagnose.Report) {
 	fmt.Fprintf(out, "\n%s: %d problems (%s)\n", rep.Network, rep.Problems(), strings.TrimSpace(rep.Duration.Round(1e6).String()))
 }
 
-// diagnoseVMs reads the network's VMs and DHCP servers (leases, counters,
-// the supervisor) through lab.VMStatus, the reader `kvmnet status` uses, for
-// the DHCP lease check; nil when the topology has neither VMs nor DHCP.
+// diagnoseVMs reads the network's VMs, DHCP and DNS servers (leases,
+// counters, the supervisor) through lab.VMStatus, the reader `kvmnet status`
+// uses, for the DHCP lease and name server checks; nil when the topology
+// has none of them.
 func diagnoseVMs(cmd *cobra.Command, g *globals, t *topology.Topology) (*diagnose.VMs, error) {
-	if len(t.VMs) == 0 && len(t.DHCPServers()) == 0 {
+	if len(t.VMs) == 0 && len(t.DHCPServers()) == 0 && len(t.DNSServers()) == 0 {
 		return nil, nil
 	}
 	r, err := lab.VMStatus(cmd.Context(), t, g.opts()...)

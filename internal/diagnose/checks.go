@@ -20,6 +20,7 @@ func (d *diag) check() {
 	d.checkMTU()
 	d.checkProbes()
 	d.checkLoss()
+	d.checkDNS()
 	d.checkFDB()
 	d.checkVLANs()
 	d.checkMirrors()
@@ -104,13 +105,16 @@ func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
 	return false
 }
 
-func prefixes(ps []netip.Prefix) string {
-	if len(ps) == 0 {
+func prefixes(ps []netip.Prefix) string { return addrList(ps) }
+
+// addrList lists addresses or prefixes, "no address" for none.
+func addrList[T fmt.Stringer](a []T) string {
+	if len(a) == 0 {
 		return "no address"
 	}
-	s := make([]string, len(ps))
-	for i, p := range ps {
-		s[i] = p.String()
+	s := make([]string, len(a))
+	for i, x := range a {
+		s[i] = x.String()
 	}
 	return strings.Join(s, ", ")
 }

@@ -32,6 +32,8 @@ type VMs struct {
 	SupervisorLog string       `json:"supervisor_log,omitempty"`
 	VMs           []VM         `json:"vms"`
 	DHCP          []DHCPServer `json:"dhcp"`
+	// DNS are the network's name servers (dns.go).
+	DNS []NameServer `json:"dns,omitempty"`
 }
 
 // VM is one VM and what its machine reported.

@@ -51,6 +51,7 @@ const (
 	CheckAddressMissing   = "address-missing"
 	CheckGateway          = "gateway-unreachable"
 	CheckLoss             = "packet-loss"
+	CheckDNS              = "dns-not-answering"
 	CheckDuplicateIP      = "duplicate-ip"
 	CheckMTU              = "mtu-mismatch"
 	CheckDuplicateMAC     = "duplicate-mac"
@@ -119,6 +120,8 @@ type Probe struct {
 	// the qdiscs on the path that drop or impair.
 	Loss   *LossResult `json:"loss,omitempty"`
 	Qdiscs []QdiscDrop `json:"qdiscs,omitempty"`
+	// DNS is the question to the network\'s name server (nil: none).
+	DNS *DNSProbe `json:"dns,omitempty"`
 }
 
 // QdiscDrop is a qdisc on a probe's path that drops packets, or a netem
@@ -488,6 +491,9 @@ func (d *diag) probe(ctx context.Context) {
 					big.Error = err.Error()
 				}
 				probes[i].Large = &big
+			}
+			if srv, at := d.nameServerFor(kname); srv != nil {
+				probes[i].DNS = d.askDNS(kname, name, srv, at)
 			}
 			loss, err := PingLoss(kname, gw, d.o.LossProbes, 2*time.Millisecond, d.o.PingTimeout/2)
 			if err == nil {

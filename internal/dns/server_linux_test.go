@@ -103,3 +103,32 @@ func TestServer(t *testing.T) {
 		t.Errorf("stats: %+v", st)
 	}
 }
+
+// Query, diagnose's client, reads an answer, a name error, and says when
+// nothing answers.
+func TestQuery(t *testing.T) {
+	ns := testutil.NewNSPrefix(t, "kvdn-")
+	testutil.RequireTool(t, "ip")
+	testutil.Run(t, "ip", "-n", ns.Name, "link", "set", "lo", "up")
+	testutil.Run(t, "ip", "-n", ns.Name, "addr", "add", "10.53.0.1/32", "dev", "lo")
+	srv, err := New(Config{Domain: "lab", Listen: []netip.Addr{netip.MustParseAddr("10.53.0.1")}},
+		func() map[string][]netip.Addr { return testNames }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(ns); err != nil {
+		t.Fatal(err)
+	}
+	at := netip.MustParseAddrPort("10.53.0.1:53")
+	a, err := Query(ns.Name, at, "vm1.lab", dnsmessage.TypeA, time.Second)
+	if err != nil || a.RCode != "Success" || !slices.Equal(a.Addrs, []netip.Addr{netip.MustParseAddr("192.168.1.100")}) {
+		t.Errorf("vm1.lab: %+v %v", a, err)
+	}
+	if a, err := Query(ns.Name, at, "nope.lab.", dnsmessage.TypeA, time.Second); err != nil || a.RCode != "NameError" || len(a.Addrs) != 0 {
+		t.Errorf("nope.lab: %+v %v", a, err)
+	}
+	srv.Close()
+	if _, err := Query(ns.Name, at, "vm1.lab", dnsmessage.TypeA, 400*time.Millisecond); err == nil {
+		t.Error("an answer with no server")
+	}
+}
