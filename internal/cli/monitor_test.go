@@ -139,7 +139,7 @@ func TestServeMetrics(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serveHTTP(ctx, ln, topo) }()
+	go func() { done <- serveHTTP(ctx, ln, topo, nil) }()
 	get := func(path string) string {
 		resp, err := http.Get("http://" + ln.Addr().String() + path)
 		if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvmnet/kvmnet/internal/inspect"
+	"github.com/kvmnet/kvmnet/lab"
 	"github.com/kvmnet/kvmnet/topology"
 )
 
@@ -27,7 +28,10 @@ func newServe(g *globals) *cobra.Command {
 		Long: `serve exposes, on --metrics ADDR (default 127.0.0.1:9477):
   /metrics    Prometheus metrics read from the kernel at each scrape: per-interface
               counters, state, carrier and MTU; bridge port STP states; FDB and
-              neighbour table sizes; nftables rule counters;
+              neighbour table sizes; nftables rule counters; and, where the topology
+              has them, the supervisor, each VM's state, the DHCP servers (serving,
+              bound leases, offers, acks, naks, exhausted) and the name servers
+              (serving, questions by outcome);
   /           an HTML page with the topology picture and live link state;
   /graph.svg  the picture alone.
 Listening on anything but loopback exposes the network's layout: do it on purpose.`,
@@ -44,7 +48,11 @@ Listening on anything but loopback exposes the network's layout: do it on purpos
 			fmt.Fprintf(g.stderr, "kvmnet: serving %s metrics on http://%s/metrics\n", t.ID(), ln.Addr())
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			return serveHTTP(ctx, ln, t)
+			var services func() (*lab.VMStatusReport, error)
+			if len(t.VMs) > 0 || len(t.DHCPServers()) > 0 || len(t.DNSServers()) > 0 {
+				services = func() (*lab.VMStatusReport, error) { return lab.VMStatus(ctx, t, g.opts()...) }
+			}
+			return serveHTTP(ctx, ln, t, services)
 		},
 	}
 	cmd.Flags().StringVar(&addr, "metrics", "127.0.0.1:9477", "listen address for /metrics")
@@ -52,10 +60,11 @@ Listening on anything but loopback exposes the network's layout: do it on purpos
 	return cmd
 }
 
-// serveHTTP serves the metrics and the topology page on ln until ctx ends.
-func serveHTTP(ctx context.Context, ln net.Listener, t *topology.Topology) error {
+// serveHTTP serves the metrics and the topology page on ln until ctx ends;
+// services (nil: none) reads the VMs, DHCP and DNS servers at each scrape.
+func serveHTTP(ctx context.Context, ln net.Listener, t *topology.Topology, services func() (*lab.VMStatusReport, error)) error {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(&collector{t: t})
+	reg.MustRegister(&collector{t: t, services: services})
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	page := func(w http.ResponseWriter, svgOnly bool) {
@@ -93,7 +102,10 @@ func serveHTTP(ctx context.Context, ln net.Listener, t *topology.Topology) error
 }
 
 // collector reads the network at each scrape (no background polling).
-type collector struct{ t *topology.Topology }
+type collector struct {
+	t        *topology.Topology
+	services func() (*lab.VMStatusReport, error) // serve_services.go
+}
 
 var (
 	ifLabels   = []string{"namespace", "interface"}
@@ -123,6 +135,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		mUp, mCarrier, mMTU, mPortState, mFDB, mNeigh, mRulePkts, mRuleBytes, mRPDrops, mNSUp} {
 		ch <- d
 	}
+	for _, d := range serviceDescs {
+		ch <- d
+	}
 }
 
 func b2f(b bool) float64 {
@@ -133,6 +148,13 @@ func b2f(b bool) float64 {
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	if c.services != nil {
+		if r, err := c.services(); err != nil {
+			ch <- prometheus.NewInvalidMetric(mSupervisor, err)
+		} else {
+			collectServices(ch, r)
+		}
+	}
 	names := allNames(c.t)
 	nss, err := inspect.Network(names, inspect.Ports|inspect.FDB|inspect.Neighbours|inspect.Firewall|inspect.Kernel)
 	if err != nil {
