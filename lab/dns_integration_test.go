@@ -194,6 +194,17 @@ func TestVMNamesInDNS(t *testing.T) {
 	if got, err := r.LookupHost(ctx, "world.vmnet."); err != nil || !slices.Equal(got, []string{"10.77.0.2"}) {
 		t.Errorf("world.vmnet: %v %v", got, err)
 	}
+	// `kvmnet dns names` lists the same zone: the guests from their leases.
+	for _, name := range []string{"vm1", "vm2"} {
+		want := vmState(t, st, name).Addresses[0].Addr.Addr()
+		found := false
+		for _, n := range st.Names {
+			found = found || n.Name == name+".vmnet" && n.Source == supervise.SourceVMLease && slices.Equal(n.Addresses, []netip.Addr{want})
+		}
+		if !found {
+			t.Errorf("the zone as status lists it lacks %s.vmnet -> %s (vm lease): %+v", name, want, st.Names)
+		}
+	}
 }
 
 // TestDiagnoseDNS: diagnose asks the network's name server, from each VM

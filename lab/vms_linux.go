@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -830,8 +831,18 @@ type VMStatusReport struct {
 	VMs        []VMState        `json:"vms"`
 	DHCP       []DHCPStatus     `json:"dhcp"`
 	// DNS are the name servers of the network's zone, as the supervisor
-	// last reported them (not serving when it does not run).
-	DNS []supervise.DNSHealth `json:"dns,omitempty"`
+	// last reported them (not serving when it does not run); Names, the
+	// zone they answer from (the topology's names and the leases of the
+	// lease files, as the supervisor merges them).
+	DNS   []supervise.DNSHealth `json:"dns,omitempty"`
+	Names []ZoneName            `json:"names,omitempty"`
+}
+
+// ZoneName is a name of the network's zone.
+type ZoneName struct {
+	Name      string       `json:"name"` // fully qualified, "vm1.lab"
+	Addresses []netip.Addr `json:"addresses"`
+	Source    string       `json:"source"` // supervise.SourceTopology, SourceVMLease, SourceClient
 }
 
 // SupervisorStatus is the supervisor's health.
@@ -931,6 +942,16 @@ func VMStatus(ctx context.Context, t *topology.Topology, opts ...Option) (*VMSta
 			d.Leases = ls
 		}
 		r.DHCP = append(r.DHCP, d)
+	}
+	if cfgs := dnsConfigs(t); len(cfgs) > 0 {
+		var leases []dhcp.Lease
+		for _, d := range r.DHCP {
+			leases = append(leases, d.Leases...)
+		}
+		names, source := supervise.Zone(cfgs[0].Names, cfgs[0].VMs, leases)
+		for _, n := range slices.Sorted(maps.Keys(names)) {
+			r.Names = append(r.Names, ZoneName{Name: n + "." + t.DNSDomain(), Addresses: names[n], Source: source[n]})
+		}
 	}
 	for _, s := range dnsConfigs(t) {
 		d := supervise.DNSHealth{Namespace: s.Namespace, Domain: s.Config.Domain, Addresses: s.Config.Listen}

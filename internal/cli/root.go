@@ -102,7 +102,7 @@ bridge and vm1), keeps it in the declared state, and removes exactly what it mad
 	pf.StringVar(&g.prefix, "prefix", "", "namespace name prefix, overriding the file's (keeps several networks apart)")
 	pf.StringVar(&g.stateDir, "state-dir", "", "state directory (default /var/lib/kvmnet)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log every kernel step to stderr")
-	for _, c := range []func(*globals) *cobra.Command{newInit, newUp, newDown, newPlan, newStatus, newExec, newValidate, newLink, newQoS, newVerify, newDiagnose, newTrace, newEvents, newTop, newServe, newGraph, newCapture, newVM, newDHCP, newSupervise} {
+	for _, c := range []func(*globals) *cobra.Command{newInit, newUp, newDown, newPlan, newStatus, newExec, newValidate, newLink, newQoS, newVerify, newDiagnose, newTrace, newEvents, newTop, newServe, newGraph, newCapture, newVM, newDHCP, newDNS, newSupervise} {
 		root.AddCommand(c(g))
 	}
 	return root, g

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -175,13 +176,44 @@ func newVMLogs(g *globals) *cobra.Command {
 }
 
 func newDHCP(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "dhcp",
-		Short: "The network's DHCP service",
-	}
-	cmd.AddCommand(vmReport(g, "leases", "List the DHCP leases of every server of the network",
+	return group("dhcp", "The network's DHCP service", vmReport(g, "leases", "List the DHCP leases of every server of the network",
 		func(r *lab.VMStatusReport) any { return r.DHCP }, printLeases))
+}
+
+func newDNS(g *globals) *cobra.Command {
+	return group("dns", "The network's name service (the dns: section)", vmReport(g, "names",
+		"List the names of the network's zone: the topology's, and the VMs' and DHCP clients' from their leases",
+		func(r *lab.VMStatusReport) any { return r.Names }, printNames))
+}
+
+// joinAddrs lists addresses separated by commas.
+func joinAddrs(a []netip.Addr) string {
+	s := make([]string, len(a))
+	for i, x := range a {
+		s[i] = x.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// group is a command that only holds subcommands.
+func group(use, short string, sub ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{Use: use, Short: short}
+	cmd.AddCommand(sub...)
 	return cmd
+}
+
+// printNames lists the zone's names, then its servers.
+func printNames(out io.Writer, r *lab.VMStatusReport) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tADDRESSES\tFROM")
+	for _, n := range r.Names {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", n.Name, orDash(joinAddrs(n.Addresses)), n.Source)
+	}
+	w.Flush()
+	if len(r.DNS) > 0 {
+		fmt.Fprintln(out)
+		printDNS(out, r)
+	}
 }
 
 // vmStatusFor is the VM, DHCP and supervisor part of `kvmnet status`: nil
@@ -216,12 +248,8 @@ func printDNS(out io.Writer, r *lab.VMStatusReport) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "DNS SERVER\tZONE\tADDRESSES\tSERVING\tQUERIES\tANSWERED\tNXDOMAIN\tFORWARDED\tREFUSED\tFAILED\tERROR")
 	for _, d := range r.DNS {
-		var addrs []string
-		for _, a := range d.Addresses {
-			addrs = append(addrs, a.String())
-		}
 		st := d.Stats
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", d.Namespace, d.Domain, strings.Join(addrs, ","),
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", d.Namespace, d.Domain, joinAddrs(d.Addresses),
 			onOff(d.Listening, "yes", "no"), st.Queries, st.Answered, st.NXDomain, st.Forwarded, st.Refused, st.Failed, orDash(d.Error))
 	}
 	w.Flush()

@@ -48,6 +48,12 @@ func TestZoneNames(t *testing.T) {
 			t.Errorf("%s: %v, want %v", k, got[k], v)
 		}
 	}
+	_, source := Zone(n.cfg.Names, n.cfg.VMs, srv.Leases())
+	for k, v := range map[string]string{"host": SourceTopology, "vm1": SourceVMLease, "laptop": SourceClient} {
+		if source[k] != v {
+			t.Errorf("source of %s: %q, want %q", k, source[k], v)
+		}
+	}
 	if len(n.cfg.Names["vm1"]) != 0 {
 		t.Errorf("the static names were changed: %v", n.cfg.Names)
 	}

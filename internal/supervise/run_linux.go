@@ -206,41 +206,60 @@ type nameServer struct {
 	err  error
 }
 
-// names is the zone at the time of a question: the static names; each VM
-// whose NIC holds a bound DHCP lease, with that lease's address; and, as
-// dnsmasq does, the host name any other DHCP client sent with a bound lease
-// (a name the topology or a VM already gives is never taken over).
+// names is the zone at the time of a question (Zone, over the leases of
+// the supervisor's running DHCP servers).
 func (n *nameServer) names() map[string][]netip.Addr {
-	out := make(map[string][]netip.Addr, len(n.cfg.Names)+len(n.cfg.VMs))
-	for k, v := range n.cfg.Names {
-		out[k] = v
+	var leases []dhcp.Lease
+	for _, d := range n.dhcp {
+		if srv := d.serving(); srv != nil {
+			leases = append(leases, srv.Leases()...)
+		}
+	}
+	names, _ := Zone(n.cfg.Names, n.cfg.VMs, leases)
+	return names
+}
+
+// Sources of a zone name (Zone).
+const (
+	SourceTopology = "topology"    // a namespace, a VM's static address, a declared host
+	SourceVMLease  = "vm lease"    // a VM, by its NIC's DHCP lease
+	SourceClient   = "dhcp client" // another DHCP client, by the host name it sent
+)
+
+// Zone is a name server's zone: the static names; each VM whose NIC (by
+// MAC, vms) holds a bound lease, with that lease's address; and, as dnsmasq
+// does, the host name any other DHCP client sent with a bound lease (a name
+// the topology or a VM already gives is never taken over). source says
+// where each name comes from.
+func Zone(static map[string][]netip.Addr, vms map[string]string, leases []dhcp.Lease) (names map[string][]netip.Addr, source map[string]string) {
+	names = make(map[string][]netip.Addr, len(static)+len(vms))
+	source = make(map[string]string, len(names))
+	for k, v := range static {
+		names[k], source[k] = v, SourceTopology
 	}
 	var clients []dhcp.Lease
-	for _, d := range n.dhcp {
-		srv := d.serving()
-		if srv == nil {
+	for _, l := range leases {
+		if l.State != dhcp.StateBound {
 			continue
 		}
-		for _, l := range srv.Leases() {
-			if l.State != dhcp.StateBound {
-				continue
+		if vm, ok := vms[strings.ToLower(l.MAC)]; ok {
+			if !slices.Contains(names[vm], l.IP) {
+				names[vm] = append(slices.Clone(names[vm]), l.IP)
 			}
-			if vm, ok := n.cfg.VMs[strings.ToLower(l.MAC)]; ok {
-				if !slices.Contains(out[vm], l.IP) {
-					out[vm] = append(slices.Clone(out[vm]), l.IP)
-				}
-				continue
+			if source[vm] == "" || len(static[vm]) == 0 {
+				source[vm] = SourceVMLease
 			}
-			clients = append(clients, l)
+			continue
 		}
+		clients = append(clients, l)
 	}
 	for _, l := range clients {
 		h := strings.ToLower(l.Hostname)
-		if _, taken := out[h]; !taken && hostLabel(h) {
-			out[h] = []netip.Addr{l.IP}
+		if _, taken := names[h]; !taken && hostLabel(h) {
+			names[h], source[h] = []netip.Addr{l.IP}, SourceClient
 		}
 	}
-	return out
+	return names, source
 }
 
 // hostLabel reports whether h can be a name of the zone: one DNS label of
