@@ -24,7 +24,7 @@ var (
 	mDHCPFull    = prometheus.NewDesc("kvmnet_dhcp_exhausted_total", "Requests the DHCP server refused for lack of addresses.", dhcpLabels, nil)
 	dnsLabels    = []string{"namespace", "zone"}
 	mDNSServing  = prometheus.NewDesc("kvmnet_dns_serving", "1 when the name server serves.", dnsLabels, nil)
-	mDNSQueries  = prometheus.NewDesc("kvmnet_dns_queries_total", "Questions the name server handled, by outcome (answered, no_data, nxdomain, forwarded, refused, failed).", append(dnsLabels, "outcome"), nil)
+	mDNSQueries  = prometheus.NewDesc("kvmnet_dns_queries_total", "Questions the name server handled, by outcome (answered, no_data, nxdomain, forwarded, refused, failed; dropped: questions and TCP connections over its bounds).", append(dnsLabels, "outcome"), nil)
 	serviceDescs = []*prometheus.Desc{mSupervisor, mVMRunning, mDHCPServing, mDHCPLeases, mDHCPOffers, mDHCPAcks, mDHCPNaks, mDHCPFull, mDNSServing, mDNSQueries}
 )
 
@@ -62,7 +62,7 @@ func collectServices(ch chan<- prometheus.Metric, r *lab.VMStatusReport) {
 		gauge(mDNSServing, b2f(d.Listening), l...)
 		s := d.Stats
 		for outcome, v := range map[string]uint64{"answered": s.Answered, "no_data": s.NoData, "nxdomain": s.NXDomain,
-			"forwarded": s.Forwarded, "refused": s.Refused, "failed": s.Failed} {
+			"forwarded": s.Forwarded, "refused": s.Refused, "failed": s.Failed, "dropped": s.Dropped} {
 			ch <- prometheus.MustNewConstMetric(mDNSQueries, prometheus.CounterValue, float64(v), append(l, outcome)...)
 		}
 	}

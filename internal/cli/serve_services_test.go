@@ -69,6 +69,7 @@ func TestServiceMetrics(t *testing.T) {
 		"kvmnet_dns_queries_total{namespace=n-host,outcome=forwarded,zone=lab}": 2,
 		"kvmnet_dns_queries_total{namespace=n-host,outcome=refused,zone=lab}":   0,
 		"kvmnet_dns_queries_total{namespace=n-host,outcome=failed,zone=lab}":    0,
+		"kvmnet_dns_queries_total{namespace=n-host,outcome=dropped,zone=lab}":   0,
 	}
 	if len(got) != len(want) {
 		t.Errorf("%d metrics, want %d: %v", len(got), len(want), got)

@@ -246,11 +246,11 @@ func printVMStatus(out io.Writer, r *lab.VMStatusReport) {
 // printDNS lists the name servers of the network's zone and their counters.
 func printDNS(out io.Writer, r *lab.VMStatusReport) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "DNS SERVER\tZONE\tADDRESSES\tSERVING\tQUERIES\tANSWERED\tNXDOMAIN\tFORWARDED\tREFUSED\tFAILED\tERROR")
+	fmt.Fprintln(w, "DNS SERVER\tZONE\tADDRESSES\tSERVING\tQUERIES\tANSWERED\tNXDOMAIN\tFORWARDED\tREFUSED\tFAILED\tDROPPED\tERROR")
 	for _, d := range r.DNS {
 		st := d.Stats
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", d.Namespace, d.Domain, joinAddrs(d.Addresses),
-			onOff(d.Listening, "yes", "no"), st.Queries, st.Answered, st.NXDomain, st.Forwarded, st.Refused, st.Failed, orDash(d.Error))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", d.Namespace, d.Domain, joinAddrs(d.Addresses),
+			onOff(d.Listening, "yes", "no"), st.Queries, st.Answered, st.NXDomain, st.Forwarded, st.Refused, st.Failed, st.Dropped, orDash(d.Error))
 	}
 	w.Flush()
 }

@@ -30,6 +30,7 @@ type Stats struct {
 	Forwarded uint64 `json:"forwarded"` // relayed to an upstream resolver
 	Refused   uint64 `json:"refused"`   // outside the zone, no upstream
 	Failed    uint64 `json:"failed"`    // malformed, or no upstream answered
+	Dropped   uint64 `json:"dropped"`   // over the server's bounds (questions, TCP connections)
 }
 
 // outcome is what answer decided for a question.

@@ -30,10 +30,24 @@ type Server struct {
 	udp   []net.PacketConn
 	tcp   []net.Listener
 	wg    sync.WaitGroup
+
+	inFlight chan struct{} // one token per question being handled
+	tcpConns chan struct{} // one token per open TCP connection
 }
 
 // upstreamTimeout bounds one upstream exchange.
 const upstreamTimeout = 2 * time.Second
+
+// Bounds on the work a server takes on at once: questions being answered
+// or forwarded (a UDP question over the bound is dropped, as an overloaded
+// resolver drops, and the client asks again), and TCP connections (one
+// over the bound is closed at once). The server answers the network's own
+// namespaces and VMs; the bounds keep a misbehaving guest from making it
+// spawn without limit.
+const (
+	maxInFlight = 256
+	maxTCPConns = 64
+)
 
 // New checks cfg; names gives the zone's names at each question.
 func New(cfg Config, names Names, log *slog.Logger) (*Server, error) {
@@ -50,7 +64,8 @@ func New(cfg Config, names Names, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{cfg: cfg, log: log.With("dns", cfg.Domain),
-		zone: &zone{domain: cfg.Domain, ttl: cfg.TTL, forward: len(cfg.Forward) > 0, names: names}}, nil
+		zone:     &zone{domain: cfg.Domain, ttl: cfg.TTL, forward: len(cfg.Forward) > 0, names: names},
+		inFlight: make(chan struct{}, maxInFlight), tcpConns: make(chan struct{}, maxTCPConns)}, nil
 }
 
 // Stats returns the counters.
@@ -153,8 +168,15 @@ func (s *Server) serveUDP(c net.PacketConn) {
 			}
 			continue
 		}
+		select {
+		case s.inFlight <- struct{}{}:
+		default:
+			s.count(func(st *Stats) { st.Queries++; st.Dropped++ })
+			continue
+		}
 		q := append([]byte(nil), buf[:n]...)
 		go func() {
+			defer func() { <-s.inFlight }()
 			if r := s.handle(q, "udp"); r != nil {
 				_, _ = c.WriteTo(r, peer)
 			}
@@ -172,7 +194,15 @@ func (s *Server) serveTCP(l net.Listener) {
 			}
 			continue
 		}
+		select {
+		case s.tcpConns <- struct{}{}:
+		default:
+			c.Close()
+			s.count(func(st *Stats) { st.Dropped++ })
+			continue
+		}
 		go func() {
+			defer func() { <-s.tcpConns }()
 			defer c.Close()
 			for {
 				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
@@ -199,24 +229,33 @@ func (s *Server) handle(q []byte, network string) []byte {
 			out = outFailed
 		}
 	}
+	s.count(func(st *Stats) { st.Queries++; st.add(out) })
+	return r
+}
+
+// count updates the counters.
+func (s *Server) count(f func(*Stats)) {
 	s.mu.Lock()
-	s.stats.Queries++
+	defer s.mu.Unlock()
+	f(&s.stats)
+}
+
+// add counts one outcome.
+func (st *Stats) add(out outcome) {
 	switch out {
 	case outAnswered:
-		s.stats.Answered++
+		st.Answered++
 	case outNoData:
-		s.stats.NoData++
+		st.NoData++
 	case outNXDomain:
-		s.stats.NXDomain++
+		st.NXDomain++
 	case outForward:
-		s.stats.Forwarded++
+		st.Forwarded++
 	case outRefused:
-		s.stats.Refused++
+		st.Refused++
 	case outFailed:
-		s.stats.Failed++
+		st.Failed++
 	}
-	s.mu.Unlock()
-	return r
 }
 
 // forward relays q to the upstream resolvers in turn, from the server's

@@ -107,18 +107,7 @@ func TestServer(t *testing.T) {
 // Query, diagnose's client, reads an answer, a name error, and says when
 // nothing answers.
 func TestQuery(t *testing.T) {
-	ns := testutil.NewNSPrefix(t, "kvdn-")
-	testutil.RequireTool(t, "ip")
-	testutil.Run(t, "ip", "-n", ns.Name, "link", "set", "lo", "up")
-	testutil.Run(t, "ip", "-n", ns.Name, "addr", "add", "10.53.0.1/32", "dev", "lo")
-	srv, err := New(Config{Domain: "lab", Listen: []netip.Addr{netip.MustParseAddr("10.53.0.1")}},
-		func() map[string][]netip.Addr { return testNames }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(ns); err != nil {
-		t.Fatal(err)
-	}
+	ns, srv := scratchServer(t)
 	at := netip.MustParseAddrPort("10.53.0.1:53")
 	a, err := Query(ns.Name, at, "vm1.lab", dnsmessage.TypeA, time.Second)
 	if err != nil || a.RCode != "Success" || !slices.Equal(a.Addrs, []netip.Addr{netip.MustParseAddr("192.168.1.100")}) {
@@ -131,4 +120,78 @@ func TestQuery(t *testing.T) {
 	if _, err := Query(ns.Name, at, "vm1.lab", dnsmessage.TypeA, 400*time.Millisecond); err == nil {
 		t.Error("an answer with no server")
 	}
+}
+
+// A server takes at most maxTCPConns connections at once: one more is
+// closed at once and counted as dropped, and a slot freed is taken again.
+func TestTCPBound(t *testing.T) {
+	ns, srv := scratchServer(t)
+	defer srv.Close()
+	dial := func() net.Conn {
+		var c net.Conn
+		if err := netns.Do(ns, func() (err error) { c, err = net.Dial("tcp", "10.53.0.1:53"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ask := func(c net.Conn) error {
+		if err := writeTCP(c, query(t, "vm1.lab.", dnsmessage.TypeA)); err != nil {
+			return err
+		}
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		_, err := readTCP(c)
+		return err
+	}
+	var held []net.Conn
+	for range maxTCPConns {
+		c := dial()
+		if err := ask(c); err != nil { // answered: the server holds it
+			t.Fatalf("connection %d: %v", len(held), err)
+		}
+		held = append(held, c)
+	}
+	extra := dial()
+	if err := ask(extra); err == nil {
+		t.Fatal("a connection over the bound was served")
+	}
+	extra.Close()
+	if st := srv.Stats(); st.Dropped != 1 {
+		t.Errorf("dropped %d, want 1", st.Dropped)
+	}
+	held[0].Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		c := dial()
+		err := ask(c)
+		c.Close()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a freed slot is not taken again: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, c := range held[1:] {
+		c.Close()
+	}
+}
+
+// scratchServer is a server for testNames in zone lab on 10.53.0.1, in a
+// scratch namespace (deleted when the test ends; close the server).
+func scratchServer(t *testing.T) (*netns.NS, *Server) {
+	t.Helper()
+	ns := testutil.NewNSPrefix(t, "kvdn-")
+	testutil.RequireTool(t, "ip")
+	testutil.Run(t, "ip", "-n", ns.Name, "link", "set", "lo", "up")
+	testutil.Run(t, "ip", "-n", ns.Name, "addr", "add", "10.53.0.1/32", "dev", "lo")
+	srv, err := New(Config{Domain: "lab", Listen: []netip.Addr{netip.MustParseAddr("10.53.0.1")}},
+		func() map[string][]netip.Addr { return testNames }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns, srv
 }
