@@ -132,6 +132,23 @@ func (z *zone) answer(q []byte) ([]byte, outcome) {
 	return build(reply(dnsmessage.RCodeSuccess, true), qs, rrs, nil), outAnswered
 }
 
+// serverFailure is the reply to q when no upstream answered it: SERVFAIL,
+// so that the client gives up (or asks its next server) at once instead of
+// waiting out its timeout. nil when q cannot be parsed.
+func (z *zone) serverFailure(q []byte) []byte {
+	var p dnsmessage.Parser
+	h, err := p.Start(q)
+	if err != nil {
+		return nil
+	}
+	qs, err := p.AllQuestions()
+	if err != nil {
+		return nil
+	}
+	return build(dnsmessage.Header{ID: h.ID, Response: true, OpCode: h.OpCode, RecursionDesired: h.RecursionDesired,
+		RecursionAvailable: z.forward, RCode: dnsmessage.RCodeServerFailure}, qs, nil, nil)
+}
+
 // soa is the zone's start of authority, for negative answers (its minimum
 // is the TTL of a negative answer).
 func (z *zone) soa() dnsmessage.Resource {

@@ -33,6 +33,9 @@ type Server struct {
 
 	inFlight chan struct{} // one token per question being handled
 	tcpConns chan struct{} // one token per open TCP connection
+
+	lastWarn time.Time // the last log line about unanswered forwards
+	unlogged int       // forwards that failed since
 }
 
 // upstreamTimeout bounds one upstream exchange.
@@ -225,12 +228,33 @@ func (s *Server) handle(q []byte, network string) []byte {
 	if out == outForward {
 		var err error
 		if r, err = s.forward(q, network); err != nil {
-			s.log.Warn("dns: no upstream answered", "err", err)
-			out = outFailed
+			s.warnUpstream(err)
+			r, out = s.zone.serverFailure(q), outFailed
 		}
 	}
 	s.count(func(st *Stats) { st.Queries++; st.add(out) })
 	return r
+}
+
+// upstreamLogEvery spaces the log lines about unanswered forwards: a guest
+// that asks again and again while the upstream is away would fill the
+// supervisor's log.
+const upstreamLogEvery = time.Minute
+
+// warnUpstream logs a forward no upstream answered: the first at once,
+// then at most one line per upstreamLogEvery, saying how many failed since.
+func (s *Server) warnUpstream(err error) {
+	s.mu.Lock()
+	s.unlogged++
+	now := time.Now()
+	if !s.lastWarn.IsZero() && now.Sub(s.lastWarn) < upstreamLogEvery {
+		s.mu.Unlock()
+		return
+	}
+	n := s.unlogged
+	s.unlogged, s.lastWarn = 0, now
+	s.mu.Unlock()
+	s.log.Warn("dns: no upstream answered", "err", err, "failed_since_last_line", n)
 }
 
 // count updates the counters.

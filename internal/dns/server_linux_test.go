@@ -3,9 +3,12 @@ package dns
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -194,4 +197,58 @@ func scratchServer(t *testing.T) (*netns.NS, *Server) {
 		t.Fatal(err)
 	}
 	return ns, srv
+}
+
+// A question no upstream answers gets SERVFAIL at once; such forwards are
+// logged once, then at most once a minute with how many failed since: a
+// guest asking in a loop does not fill the supervisor's log.
+func TestUpstreamFailuresLoggedSparingly(t *testing.T) {
+	var buf syncBuffer
+	ns, srv := scratchServer(t)
+	srv.Close()
+	srv, err := New(Config{Domain: "lab", Listen: []netip.Addr{netip.MustParseAddr("10.53.0.1")},
+		Forward: []netip.AddrPort{netip.MustParseAddrPort("10.53.0.9:53")}}, // nothing there
+		func() map[string][]netip.Addr { return testNames }, slog.New(slog.NewTextHandler(&buf, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	for range 3 {
+		// SERVFAIL at once, not silence until the client's timeout.
+		start := time.Now()
+		a, err := Query(ns.Name, netip.MustParseAddrPort("10.53.0.1:53"), "www.example.org", dnsmessage.TypeA, 3*time.Second)
+		if err != nil || a.RCode != "ServerFailure" || time.Since(start) > time.Second {
+			t.Fatalf("a question for a dead upstream: %+v %v after %s", a, err, time.Since(start))
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Stats().Failed < 3 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := srv.Stats(); st.Failed < 3 {
+		t.Fatalf("stats: %+v", st)
+	}
+	if n := strings.Count(buf.String(), "no upstream answered"); n != 1 {
+		t.Errorf("%d log lines for 3+ unanswered forwards, want 1:\n%s", n, buf.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
