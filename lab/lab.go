@@ -120,16 +120,8 @@ func (r *Result) Summary(verb string) string {
 // own would be, and is used as it is.
 func Plan(ctx context.Context, t *topology.Topology, opts ...Option) ([]plan.Step, error) {
 	o := build(opts)
-	defer o.early.Cancel()
 	desired := desiredState(t)
-	var observed *model.State
-	var err error
-	if e := o.early; e != nil {
-		o.early = nil
-		observed, err = e.obs.Finish(desired, t.Prefix, observe.Deep(o.deep))
-	} else {
-		observed, err = observe.Network(desired, t.Prefix, observe.Deep(o.deep))
-	}
+	observed, err := o.observe(desired, t.Prefix, false)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +186,7 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 	if faults, _ := readFaults(store); len(faults) > 0 && verb == "up" {
 		o.deep = true
 	}
-	observed, err := o.observe(verb, desired, prefix)
+	observed, err := o.observe(desired, prefix, true)
 	if err != nil {
 		return nil, err
 	}
@@ -281,13 +273,15 @@ func run(ctx context.Context, o *options, verb, id string, desired *model.State,
 	return res, err
 }
 
-// observe reads the network for run, which holds its lock: through the early
-// observation when up has one and no kvmnet command has held a lock in the
-// state directory since it began, afresh otherwise.
-func (o *options) observe(verb string, desired *model.State, prefix string) (*model.State, error) {
+// observe reads the network: through the early observation when the call
+// has one (WithEarly) and, for a caller that holds the network's lock, no
+// kvmnet command has held a lock in the state directory since it began (a
+// caller without the lock, Plan, is as exposed to such a command as its own
+// reads would be); afresh otherwise. The early observation is used up.
+func (o *options) observe(desired *model.State, prefix string, locked bool) (*model.State, error) {
 	e := o.early
 	o.early = nil
-	if e != nil && verb == "up" && state.Generation(o.stateDir) == e.gen {
+	if e != nil && (!locked || state.Generation(o.stateDir) == e.gen) {
 		return e.obs.Finish(desired, prefix, observe.Deep(o.deep))
 	}
 	e.Cancel()

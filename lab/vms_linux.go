@@ -943,7 +943,8 @@ func VMStatus(ctx context.Context, t *topology.Topology, opts ...Option) (*VMSta
 		}
 		r.DHCP = append(r.DHCP, d)
 	}
-	if cfgs := dnsConfigs(t); len(cfgs) > 0 {
+	cfgs := dnsConfigs(t)
+	if len(cfgs) > 0 {
 		var leases []dhcp.Lease
 		for _, d := range r.DHCP {
 			leases = append(leases, d.Leases...)
@@ -953,7 +954,7 @@ func VMStatus(ctx context.Context, t *topology.Topology, opts ...Option) (*VMSta
 			r.Names = append(r.Names, ZoneName{Name: n + "." + t.DNSDomain(), Addresses: names[n], Source: source[n]})
 		}
 	}
-	for _, s := range dnsConfigs(t) {
+	for _, s := range cfgs {
 		d := supervise.DNSHealth{Namespace: s.Namespace, Domain: s.Config.Domain, Addresses: s.Config.Listen}
 		if h := sup.Health; h != nil && sup.State == supervise.StateRunning {
 			for _, x := range h.DNS {
@@ -1191,9 +1192,6 @@ func (r *VMStatusReport) ForDiagnose() *diagnose.VMs {
 		out.DHCP = append(out.DHCP, diagnose.DHCPServer{Namespace: s.Namespace, Interface: s.Interface, Listening: s.Listening,
 			Error: s.Error, Stats: s.Stats, LeaseFile: s.LeaseFile, Leases: s.Leases})
 	}
-	for _, s := range r.DNS {
-		out.DNS = append(out.DNS, diagnose.NameServer{Namespace: s.Namespace, Domain: s.Domain, Addresses: s.Addresses,
-			Listening: s.Listening, Error: s.Error})
-	}
+	out.DNS = r.DNS
 	return out
 }

@@ -245,6 +245,11 @@ func dnsNameProblem(name string) string {
 	return ""
 }
 
+// IsDNSLabel reports whether s is a single DNS label as the zone holds
+// names: lowercase letters, digits and '-' (not first or last), 1..63
+// bytes. The supervisor uses it for the host names DHCP clients send.
+func IsDNSLabel(s string) bool { return !strings.Contains(s, ".") && dnsNameProblem(s) == "" }
+
 // dns validates the dns section: the domain (given, or the default from
 // the network's name), at least one server, each on a declared interface
 // that holds an address (not a bridge port), once per interface, with

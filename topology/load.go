@@ -380,8 +380,9 @@ func yamlFieldNames(t reflect.Type) []string {
 }
 
 type yamlField struct {
-	name string
-	typ  reflect.Type
+	name  string
+	typ   reflect.Type
+	index int // in the struct
 }
 
 // yamlFields lists the YAML keys of struct type t (after dereferencing
@@ -406,7 +407,7 @@ func yamlFields(t reflect.Type) []yamlField {
 		if name == "" {
 			name = strings.ToLower(sf.Name)
 		}
-		out = append(out, yamlField{name: name, typ: sf.Type})
+		out = append(out, yamlField{name: name, typ: sf.Type, index: i})
 	}
 	return out
 }
@@ -1429,19 +1430,8 @@ func fieldIndex(t reflect.Type) map[string]int {
 		return m.(map[string]int)
 	}
 	m := map[string]int{}
-	for i := range t.NumField() {
-		sf := t.Field(i)
-		if !sf.IsExported() {
-			continue
-		}
-		name, _, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
-		if name == "-" {
-			continue
-		}
-		if name == "" {
-			name = strings.ToLower(sf.Name)
-		}
-		m[name] = i
+	for _, f := range yamlFields(t) {
+		m[f.name] = f.index
 	}
 	fieldIndexes.Store(t, m)
 	return m

@@ -102,7 +102,7 @@ func printReport(out io.Writer, rep *diagnose.Report) {
 // uses, for the DHCP lease and name server checks; nil when the topology
 // has none of them.
 func diagnoseVMs(cmd *cobra.Command, g *globals, t *topology.Topology) (*diagnose.VMs, error) {
-	if len(t.VMs) == 0 && len(t.DHCPServers()) == 0 && len(t.DNSServers()) == 0 {
+	if !hasServices(t) {
 		return nil, nil
 	}
 	r, err := lab.VMStatus(cmd.Context(), t, g.opts()...)

@@ -49,7 +49,7 @@ Listening on anything but loopback exposes the network's layout: do it on purpos
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
 			var services func() (*lab.VMStatusReport, error)
-			if len(t.VMs) > 0 || len(t.DHCPServers()) > 0 || len(t.DNSServers()) > 0 {
+			if hasServices(t) {
 				services = func() (*lab.VMStatusReport, error) { return lab.VMStatus(ctx, t, g.opts()...) }
 			}
 			return serveHTTP(ctx, ln, t, services)

@@ -186,6 +186,12 @@ func newDNS(g *globals) *cobra.Command {
 		func(r *lab.VMStatusReport) any { return r.Names }, printNames))
 }
 
+// hasServices reports whether t has what the supervisor runs or watches:
+// VMs, DHCP or DNS servers.
+func hasServices(t *topology.Topology) bool {
+	return len(t.VMs) > 0 || len(t.DHCPServers()) > 0 || len(t.DNSServers()) > 0
+}
+
 // joinAddrs lists addresses separated by commas.
 func joinAddrs(a []netip.Addr) string {
 	s := make([]string, len(a))

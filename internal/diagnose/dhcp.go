@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvmnet/kvmnet/internal/dhcp"
 	"github.com/kvmnet/kvmnet/internal/inspect"
+	"github.com/kvmnet/kvmnet/internal/supervise"
 	"github.com/kvmnet/kvmnet/internal/vm"
 	"github.com/kvmnet/kvmnet/topology"
 )
@@ -32,8 +33,9 @@ type VMs struct {
 	SupervisorLog string       `json:"supervisor_log,omitempty"`
 	VMs           []VM         `json:"vms"`
 	DHCP          []DHCPServer `json:"dhcp"`
-	// DNS are the network's name servers (dns.go).
-	DNS []NameServer `json:"dns,omitempty"`
+	// DNS are the network's name servers, as the supervisor last reported
+	// them (dns.go).
+	DNS []supervise.DNSHealth `json:"dns,omitempty"`
 }
 
 // VM is one VM and what its machine reported.

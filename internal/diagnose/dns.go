@@ -4,17 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-)
 
-// NameServer is one of the network's DNS servers as the supervisor last
-// reported it (lab fills it in from the health report).
-type NameServer struct {
-	Namespace string       `json:"namespace"` // kernel name
-	Domain    string       `json:"domain"`
-	Addresses []netip.Addr `json:"addresses"`
-	Listening bool         `json:"listening"`
-	Error     string       `json:"error,omitempty"`
-}
+	"github.com/kvmnet/kvmnet/internal/supervise"
+)
 
 // DNSProbe is a question a VM's or endpoint's namespace asked the network's
 // name server: its own name.
@@ -27,13 +19,13 @@ type DNSProbe struct {
 	// Want are the addresses the topology gives the name.
 	Want []netip.Addr `json:"want"`
 	// Of is the name server asked.
-	Of *NameServer `json:"-"`
+	Of *supervise.DNSHealth `json:"-"`
 }
 
 // nameServerFor picks the name server namespace kname (a probe target)
 // would use and the address to ask: one on a subnet of its own, else the
 // first IPv4 address of the first server (reached through its gateway).
-func (d *diag) nameServerFor(kname string) (*NameServer, netip.Addr) {
+func (d *diag) nameServerFor(kname string) (*supervise.DNSHealth, netip.Addr) {
 	if d.o.VMs == nil || len(d.o.VMs.DNS) == 0 {
 		return nil, netip.Addr{}
 	}

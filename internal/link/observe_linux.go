@@ -35,13 +35,13 @@ import (
 func (c *Conn) Observe() (*model.Namespace, error) {
 	r, done := c.reader()
 	defer done()
-	return r.observe()
+	return r.observe(unix.AF_INET, unix.AF_INET6)
 }
 
 // Reader reads one namespace into the model over an rtnetlink socket of its
 // own (no library handle). Open it with NewReaderHere inside netns.Do; the
-// socket stays bound to that namespace, so Observe can run from any thread
-// afterwards. Close it when done.
+// socket stays bound to that namespace, so ObserveIPv4 and AddIPv6 can run
+// from any thread afterwards. Close it when done.
 type Reader struct{ r *reader }
 
 // NewReaderHere opens a Reader for the calling thread's current namespace,
@@ -64,20 +64,9 @@ func NewReaderHere(ns *netns.NS) (*Reader, error) {
 		}}}, nil
 }
 
-// Observe is Conn.Observe.
-func (x *Reader) Observe() (*model.Namespace, error) { return x.r.observe() }
-
 // ObserveIPv4 reads the links, the IPv4 addresses and the IPv4 routes: all
 // of the namespace where IPv6 is off. AddIPv6 adds the rest.
-func (x *Reader) ObserveIPv4() (*model.Namespace, error) {
-	return retry(func() (*model.Namespace, error) {
-		ns, byIndex, err := x.r.links()
-		if err != nil {
-			return nil, err
-		}
-		return ns, x.r.inet(ns, byIndex, unix.AF_INET)
-	})
-}
+func (x *Reader) ObserveIPv4() (*model.Namespace, error) { return x.r.observe(unix.AF_INET) }
 
 // AddIPv6 adds the IPv6 addresses and routes to ns, as ObserveIPv4 read it
 // on this Reader.
@@ -119,13 +108,14 @@ func (c *Conn) reader() (r *reader, done func()) {
 		vlans: c.h.BridgeVlanList}, sh.Socket.Unlock
 }
 
-func (r *reader) observe() (*model.Namespace, error) {
+// observe reads the links, then the addresses and routes of families.
+func (r *reader) observe(families ...byte) (*model.Namespace, error) {
 	return retry(func() (*model.Namespace, error) {
 		ns, byIndex, err := r.links()
 		if err != nil {
 			return nil, err
 		}
-		return ns, r.inet(ns, byIndex, unix.AF_INET, unix.AF_INET6)
+		return ns, r.inet(ns, byIndex, families...)
 	})
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/kvmnet/kvmnet/internal/dns"
 	"github.com/kvmnet/kvmnet/internal/netns"
 	"github.com/kvmnet/kvmnet/internal/vm"
+	"github.com/kvmnet/kvmnet/topology"
 )
 
 // maxEvents bounds the VM events kept in the health report.
@@ -255,25 +256,11 @@ func Zone(static map[string][]netip.Addr, vms map[string]string, leases []dhcp.L
 	}
 	for _, l := range clients {
 		h := strings.ToLower(l.Hostname)
-		if _, taken := names[h]; !taken && hostLabel(h) {
+		if _, taken := names[h]; !taken && topology.IsDNSLabel(h) {
 			names[h], source[h] = []netip.Addr{l.IP}, SourceClient
 		}
 	}
 	return names, source
-}
-
-// hostLabel reports whether h can be a name of the zone: one DNS label of
-// letters, digits and '-', not at either end.
-func hostLabel(h string) bool {
-	if h == "" || len(h) > 63 || h[0] == '-' || h[len(h)-1] == '-' {
-		return false
-	}
-	for _, c := range h {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // start starts the DNS server, remembering why it could not.
